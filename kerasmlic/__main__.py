@@ -1,0 +1,7 @@
+"""``python -m kerasmlic`` runs the command line."""
+
+import sys
+
+from kerasmlic.cli import main
+
+sys.exit(main())

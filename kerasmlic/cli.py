@@ -1,0 +1,137 @@
+"""The ``kerasmlic`` command line: parses arguments and calls the library.
+
+Exit codes (DESIGN.md): 0 success, 2 usage or input error (one clear line, no
+traceback), 1 internal failure.
+"""
+
+import argparse
+import os
+import sys
+
+from kerasmlic.errors import UsageError
+
+
+def _quiet_tensorflow():
+    # TF's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the CLI's output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def cmd_synth(args):
+    """Write the built-in COCO-format dataset."""
+    from kerasmlic.data.synth import synthesize
+
+    summary = synthesize(
+        args.out, train=args.train, val=args.val, image_size=args.image_size, seed=args.seed
+    )
+    print(
+        f"synth: wrote {summary['num_train']} train + {summary['num_val']} val images "
+        f"({summary['mean_labels_train']:.2f} labels/image) to {args.out} "
+        f"in {summary['elapsed']:.1f}s; contact sheet: {summary['contact_sheet']}"
+    )
+
+
+def cmd_build(args):
+    """Convert a COCO split to TFRecord shards."""
+    from kerasmlic.data.build import build_split, format_summary
+
+    summary = build_split(
+        args.annotations,
+        args.images,
+        args.split,
+        args.out,
+        shards=args.shards,
+        max_side=args.max_side,
+        workers=args.workers,
+        keep_empty=args.keep_empty,
+        strict=args.strict,
+    )
+    print(format_summary(summary))
+
+
+def build_parser():
+    """Return the ``argparse`` parser of the ``kerasmlic`` command."""
+    parser = argparse.ArgumentParser(
+        prog="kerasmlic",
+        description="Multi-label image classification with Keras 3 (COCO-format data).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("synth", help="write the built-in COCO-format dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--train", type=_non_negative_int, default=4000, help="train images")
+    p.add_argument("--val", type=_non_negative_int, default=1000, help="val images")
+    p.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("build", help="convert a COCO split to TFRecord shards")
+    p.add_argument("--annotations", required=True, help="COCO instances_*.json")
+    p.add_argument("--images", required=True, help="folder of the split's images")
+    p.add_argument("--split", required=True, help="split name, e.g. train or val")
+    p.add_argument("--out", required=True, help="shard folder (shared by the splits)")
+    p.add_argument("--shards", type=_positive_int, default=None, help="number of shards")
+    p.add_argument("--max-side", type=_positive_int, default=None, help="downscale larger images")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
+    p.add_argument("--keep-empty", action="store_true", help="keep images with no label")
+    p.add_argument("--strict", action="store_true", help="fail on any skipped image")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("demo", help="the main job on the built-in dataset")
+    p.add_argument("--workdir", default="data", help="where datasets go (default: data/)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_demo(args):
+    """Run the main job end to end on the built-in dataset."""
+    from kerasmlic.demo import run_demo
+
+    run_demo(workdir=args.workdir)
+
+
+def main(argv=None):
+    """Entry point of the ``kerasmlic`` console script.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code.
+    """
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as e:
+        print(f"kerasmlic {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kerasmlic {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

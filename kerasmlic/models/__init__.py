@@ -1,0 +1,1 @@
+"""Model zoo: encoders, heads, recurrent decoders and the registry."""

@@ -1,0 +1,120 @@
+"""The model registry: registry names (DESIGN.md) → model classes, and the factory.
+
+Model modules are imported explicitly (timm-style) the first time the registry
+is consulted, so ``import kerasmlic`` stays light.
+
+Example:
+    >>> from kerasmlic.models.registry import build_model
+    >>> model = build_model("bce", num_classes=80, image_size=64, encoder="tiny")
+"""
+
+import importlib
+import inspect
+
+from kerasmlic.errors import UsageError
+
+_MODEL_MODULES = (
+    "kerasmlic.models.baselines",
+    "kerasmlic.models.embedding",
+    "kerasmlic.models.label_query",
+    "kerasmlic.models.recurrent",
+)
+
+_REGISTRY = {}
+_loaded = False
+
+# Arguments every model takes from the factory rather than from options.
+_COMMON_ARGS = ("num_classes", "image_size")
+
+
+def register_model(name):
+    """Class decorator: register a model class under ``name`` (and for Keras serialisation).
+
+    Args:
+        name: The registry name (DESIGN.md → Models).
+
+    Returns:
+        The decorator.
+    """
+
+    def decorator(cls):
+        import keras
+
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name {name!r} registered twice")
+        cls.registry_name = name
+        _REGISTRY[name] = cls
+        return keras.saving.register_keras_serializable(package="kerasmlic")(cls)
+
+    return decorator
+
+
+def _load_all():
+    global _loaded
+    if not _loaded:
+        for module in _MODEL_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def model_names():
+    """Return the sorted registry names of all models."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name):
+    """Return the class registered under ``name``.
+
+    Raises:
+        UsageError: Unknown name; the message lists the valid ones.
+    """
+    _load_all()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def model_options(name):
+    """Return the option names (constructor arguments) a model accepts, with defaults.
+
+    Args:
+        name: A registry name.
+
+    Returns:
+        A dict option → default value (``inspect.Parameter.empty`` when required).
+    """
+    cls = get_model_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    skip = ("self", "name", *_COMMON_ARGS)
+    return {
+        p.name: p.default
+        for p in params.values()
+        if p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def build_model(name, *, num_classes, image_size, **options):
+    """Build any registered model from its name and options.
+
+    Args:
+        name: Registry name, e.g. ``"seq2seq_attention"``.
+        num_classes: Number of classes C.
+        image_size: Square input size in pixels.
+        **options: Model options (``encoder``, ``cell``, ``decoding``, ...).
+
+    Returns:
+        An unbuilt-optimizer ``keras.Model`` (compile it before ``fit``).
+
+    Raises:
+        UsageError: Unknown model name or option; the message lists the valid ones.
+    """
+    cls = get_model_class(name)
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
+            f"valid options: {', '.join(sorted(valid))}"
+        )
+    return cls(num_classes=num_classes, image_size=image_size, **options)
