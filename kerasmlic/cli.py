@@ -7,6 +7,7 @@ traceback), 1 internal failure.
 import argparse
 import os
 import sys
+import traceback
 
 from kerasmlic.errors import UsageError
 
@@ -97,6 +98,17 @@ def build_parser():
     p.add_argument("--strict", action="store_true", help="fail on any skipped image")
     p.set_defaults(func=cmd_build)
 
+    from kerasmlic.cli_serve import add_export_parser, add_predict_parser
+    from kerasmlic.cli_train import add_evaluate_parser, add_reproduce_parser, add_train_parser
+    from kerasmlic.cli_tune import add_tune_parser
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_tune_parser(sub)
+    add_export_parser(sub)
+    add_predict_parser(sub)
+    add_reproduce_parser(sub)
+
     p = sub.add_parser("demo", help="the main job on the built-in dataset")
     p.add_argument("--workdir", default="data", help="where datasets go (default: data/)")
     p.set_defaults(func=cmd_demo)
@@ -123,14 +135,23 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UsageError as e:
         print(f"kerasmlic {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kerasmlic {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except Exception as e:  # an internal failure: exit 1, traceback on request
+        if os.environ.get("KERASMLIC_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"kerasmlic {args.command}: internal error: {type(e).__name__}: {e} "
+            "(set KERASMLIC_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -108,6 +108,24 @@ def check_declared_size(width, height):
             )
 
 
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+)
+
+
+def _sniff(data):
+    """Name the format a file's first bytes claim, or ``None``."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
 def _aspect_agrees(width, height, real_w, real_h):
     def close(a, b):
         return abs(math.log(a / b)) <= math.log(ASPECT_TOLERANCE)
@@ -135,9 +153,7 @@ def _to_rgb(img):
 
         arr = np.asarray(img, dtype=np.float64)
         top = arr.max() or 1.0
-        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype("uint8")).convert(
-            "RGB"
-        )
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype("uint8")).convert("RGB")
     return img.convert("RGB")
 
 
@@ -165,7 +181,9 @@ def prepare_image_bytes(data, *, max_side=None, declared_size=None):
     except Image.DecompressionBombError as e:
         raise ImageSkip(f"image too large: {e}") from None
     except Exception as e:  # PIL raises many types for unknown or broken headers.
-        raise ImageSkip(f"not a readable image ({type(e).__name__}: {e})") from None
+        kind = _sniff(data)
+        what = f"corrupt or truncated {kind} image" if kind else "not a readable image"
+        raise ImageSkip(f"{what} ({type(e).__name__}: {e})") from None
 
     real_w, real_h = img.size
     fmt = img.format or "unknown"
@@ -174,7 +192,9 @@ def prepare_image_bytes(data, *, max_side=None, declared_size=None):
     if declared_size is not None and None not in declared_size:
         width, height = declared_size
         if not _aspect_agrees(width, height, real_w, real_h):
-            raise ImageSkip(f"declared size {width}x{height} disagrees with the file's {real_w}x{real_h}")
+            raise ImageSkip(
+                f"declared size {width}x{height} disagrees with the file's {real_w}x{real_h}"
+            )
 
     resize = max_side is not None and max(real_w, real_h) > max_side
     passthrough = fmt == "JPEG" and img.mode == "RGB" and not resize
@@ -190,7 +210,7 @@ def prepare_image_bytes(data, *, max_side=None, declared_size=None):
             if resize:
                 target = _target_size(real_w, real_h, max_side)
                 if fmt == "JPEG":
-                    img.draft(img.mode if img.mode != "RGB" else "RGB", target)
+                    img.draft(None, target)
                 img.load()
                 img = _to_rgb(img)
                 if img.size != target:

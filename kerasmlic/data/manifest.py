@@ -14,12 +14,22 @@ Layout (format version 1)::
           "label_counts": [...],          # images per class index
           "label_mean_area": [...],       # mean label/areas per class (0 if absent)
           "cooccurrence": [[...], ...],   # C x C image counts, diagonal = label_counts
+          "max_labels": 9,                # most labels on one example
+          "num_empty_dropped": 48,        # images without labels left out (keep_empty off)
+          "reencoded": {"mode": 2, "format": 1},  # re-encoded images by reason
+                                          # ("mode", "format", "max_side")
           "skipped": [{"file": "x.jpg", "image_id": 7, "reason": "..."}, ...],
           "source": {"annotations": "...", "images": "..."},
           "options": {"max_side": null, "keep_empty": false}
         }
       }
     }
+
+``skipped`` lists every recorded problem: image files (``file`` is the
+annotations' ``file_name``) and single annotations (``file`` is the
+annotations file, with an extra ``annotation_id``). Beside the shards, hidden
+``.SPLIT-00000-of-000NN.done.json`` sidecars let an interrupted build resume
+(see :mod:`kerasmlic.data.build`); readers ignore them.
 """
 
 import json
@@ -51,6 +61,8 @@ def write_json_atomic(path, obj):
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.write("\n")
+        # mkstemp creates 0600 files; a manifest is shared data like the shards.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -78,7 +78,10 @@ def make_example(
         LABEL_AREAS: _floats(label_areas),
         LABEL_INSTANCES: _ints(label_instances),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map keys sorted, so the same example gives the same bytes in every
+    # process (shard checksums stay reproducible across workers and reruns).
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):

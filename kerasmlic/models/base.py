@@ -34,6 +34,21 @@ def split_targets(y):
     return y, None
 
 
+def _scale_for_replicas(loss):
+    """Divide a per-replica loss by the replica count, as ``keras.losses.Loss`` does.
+
+    Under ``tf.distribute`` the replicas' gradients are summed, so each
+    replica's mean loss must be scaled by 1/N for the step to follow the
+    global-batch mean (the Keras trainer unscales it again for the logs).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * ops.cast(1.0 / replicas, loss.dtype)
+
+
 @keras.saving.register_keras_serializable(package="kerasmlic")
 class Thresholds(keras.layers.Layer):
     """Turns scores into a predicted label set with per-class thresholds.
@@ -95,7 +110,16 @@ class MultiLabelModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        """Rebuild the model from :meth:`get_config`'s dict."""
+        """Rebuild the model from :meth:`get_config`'s dict.
+
+        Pretrained encoder weights (``encoder_weights``: ``imagenet`` or a
+        file) are not loaded again: as everywhere in Keras, ``from_config``
+        builds the architecture, and ``.keras`` loading then restores the saved
+        weights, so reloading a model needs neither a network nor the original
+        weights file.
+        """
+        if config.get("encoder_weights") is not None:
+            config = {**config, "encoder_weights": None}
         return cls(**config)
 
     @property
@@ -123,7 +147,7 @@ class MultiLabelModel(keras.Model):
         loss = self.multilabel_loss(y, y_pred, sample_weight)
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)
-        return loss
+        return _scale_for_replicas(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Compiled metrics see ``(multi_hot, scores)``, whatever the outputs."""

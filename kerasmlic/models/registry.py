@@ -14,6 +14,9 @@ import inspect
 from kerasmlic.errors import UsageError
 
 _MODEL_MODULES = (
+    # The streaming metrics are registered Keras objects too: a compiled model's
+    # .keras file refers to them, so loading one needs them imported.
+    "kerasmlic.metrics.streaming",
     "kerasmlic.models.baselines",
     "kerasmlic.models.embedding",
     "kerasmlic.models.label_query",

@@ -1,0 +1,432 @@
+"""Input-pipeline throughput: kerasmlic's tf.data pipeline against two baselines.
+
+One process, the same TFRecord shards / JPEG files, 224-px training mode,
+batch 64, all cores:
+
+(a) ``kerasmlic.data.pipeline.make_dataset(training=True)``: interleaved
+    reads, shuffle, parse, random resized crop (``decode_and_crop_jpeg``),
+    flip, resize, normalise, batch, prefetch.
+(b) decode-only limit: the same shards read and ``tf.io.decode_jpeg``-decoded
+    in parallel, nothing else (no crop, resize, normalisation or batching of
+    pixels).
+(c) what a Keras user would otherwise write: a ``keras.utils.PyDataset``
+    that opens each JPEG with PIL, takes a random resized crop, flips,
+    normalises, with ``workers=2`` (threads, and separately processes).
+
+Goals: (a) >= 0.85 x (b) and (a) >= 2 x (c). The data are ~2000 COCO-like
+JPEGs (longer side mostly 640 px, quality 90, ~110 KB, 1/f-noise texture
+plus flat shapes), generated once and cached under ``benchmarks/_work/``;
+shards are written by ``kerasmlic.data.build.build_split``.
+
+Usage::
+
+    .venv/bin/python benchmarks/input_pipeline.py [--images 2000] [--seconds 20] [--repeats 2]
+
+Each configuration is timed ``--repeats`` times, interleaved, for
+``--seconds`` after a warm-up; the table shows the best run (the least
+disturbed by other processes), the median, and images per CPU second (this
+process and its worker processes), a figure less shaken by other programs on
+a shared machine. The goals are judged on the best wall-clock rates.
+
+Where the time goes (one thread, these JPEGs, min of 7 runs of 200 images,
+measured with ad-hoc tf.data micro-benchmarks while writing this):
+``decode_jpeg`` of the whole image 1.64 ms; ``decode_and_crop_jpeg`` of the
+random crop 1.47 ms (Huffman decoding of every row above the crop's bottom
+is still needed, so it saves ~10%, not the crop's area share); bilinear
+resize to 224 px 0.43 ms from uint8 but 0.27 ms from float32, cast included
+(so ``resize_image`` casts first); flip ~0.1 ms; normalisation <0.1 ms;
+parsing ~0.1 ms. A parallel ``batch`` after the map stops tf.data fusing
+map and batch, and cost ~5% more CPU per image.
+"""
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GENERATOR_VERSION = 1
+IMAGE_SIZE = 224
+BATCH = 64
+SCALE = (0.25, 1.0)
+RATIO = (3 / 4, 4 / 3)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def _noise(rng, cells, w, h, channels):
+    """Gaussian noise on a coarse grid, upsampled bicubically to (h, w)."""
+    gh, gw = max(2, cells * h // max(w, h)), max(2, cells * w // max(w, h))
+    small = rng.normal(0, 1, (gh, gw, channels)).astype(np.float32)
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(small[..., c]).resize((w, h), Image.BICUBIC))
+            for c in range(channels)
+        ],
+        axis=-1,
+    )
+
+
+def coco_like_jpeg(index, seed=0):
+    """One COCO-like JPEG: 1/f luma texture, smooth chroma, a few flat shapes."""
+    rng = np.random.default_rng([seed, index])
+    long = 640 if rng.random() < 0.8 else int(rng.integers(320, 641))
+    short = int(long * rng.choice([0.75, 0.667, 0.75, 0.5625, rng.uniform(0.5, 1.0)]))
+    w, h = (long, short) if rng.random() < 0.75 else (short, long)
+    luma, amp = np.zeros((h, w, 1), np.float32), 45.0
+    for cells in (3, 6, 12, 24, 48, 96, 192, 384):
+        luma += amp * _noise(rng, cells, w, h, 1)
+        amp *= 0.92
+    luma += rng.normal(0, 6, luma.shape)
+    chroma = 25 * _noise(rng, 4, w, h, 3) + 12 * _noise(rng, 16, w, h, 3)
+    pixels = np.clip(rng.uniform(70, 180, 3) + luma + chroma, 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    labels = sorted(rng.choice(80, size=int(rng.integers(1, 6)), replace=False).tolist())
+    return buf.getvalue(), w, h, labels
+
+
+def _write_image(args):
+    folder, index = args
+    data, w, h, labels = coco_like_jpeg(index)
+    name = f"{index + 1:012d}.jpg"
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, os.path.join(folder, name))
+    return index + 1, name, w, h, labels
+
+
+def prepare_data(work, num_images, workers):
+    """Generate the JPEGs + COCO annotations and build the shards (cached)."""
+    from kerasmlic.categories import COCO_CATEGORIES, coco_categories_json
+    from kerasmlic.data import manifest
+
+    coco_dir = os.path.join(work, "coco")
+    shards = os.path.join(work, "shards")
+    stamp = os.path.join(work, "stamp.json")
+    want = {"version": GENERATOR_VERSION, "images": num_images}
+    if os.path.isfile(stamp) and json.load(open(stamp)) == want:
+        if os.path.isfile(manifest.manifest_path(shards)):
+            return coco_dir, shards
+    os.makedirs(os.path.join(coco_dir, "train"), exist_ok=True)
+    print(f"generating {num_images} COCO-like JPEGs under {coco_dir} ...", flush=True)
+    t0 = time.perf_counter()
+    jobs = [(os.path.join(coco_dir, "train"), i) for i in range(num_images)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        rows = pool.map(_write_image, jobs, chunksize=16)
+    images, annotations = [], []
+    for image_id, name, w, h, labels in rows:
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for cls in labels:
+            bw, bh = w // 4, h // 4
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": COCO_CATEGORIES[cls][0],
+                    "bbox": [0, 0, bw, bh],
+                    "area": float(bw * bh),
+                    "iscrowd": 0,
+                    "segmentation": [[0, 0, bw, 0, bw, bh, 0, bh]],
+                }
+            )
+    ann_path = os.path.join(coco_dir, "annotations", "instances_train.json")
+    coco = {"images": images, "annotations": annotations, "categories": coco_categories_json()}
+    manifest.write_json_atomic(ann_path, coco)
+    print(f"  {time.perf_counter() - t0:.0f} s; building shards ...", flush=True)
+    from kerasmlic.data.build import build_split
+
+    build_split(
+        ann_path, os.path.join(coco_dir, "train"), "train", shards, workers=workers, progress=False
+    )
+    manifest.write_json_atomic(stamp, want)
+    return coco_dir, shards
+
+
+# ---- pipelines ----------------------------------------------------------------------------------
+
+
+def kerasmlic_dataset(shards, **kwargs):
+    from kerasmlic.data.pipeline import make_dataset
+
+    return make_dataset(
+        shards,
+        "train",
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH,
+        training=True,
+        repeat=True,
+        **kwargs,
+    )
+
+
+def full_decode_dataset(shards):
+    """(a) with decode-then-slice instead of ``decode_and_crop_jpeg`` (diagnosis)."""
+    import tensorflow as tf
+
+    from kerasmlic.data import preprocessing
+
+    def full_then_crop(image_bytes, scale, ratio, seed, dct_method=""):
+        image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method=dct_method)
+        window = preprocessing.random_crop_window(tf.shape(image), scale, ratio, seed)
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    original = preprocessing.decode_random_crop
+    preprocessing.decode_random_crop = full_then_crop  # read when the map is traced
+    try:
+        return kerasmlic_dataset(shards)
+    finally:
+        preprocessing.decode_random_crop = original
+
+
+def decode_only_dataset(shards):
+    """Read + parse the JPEG bytes + decode_jpeg in parallel; yields decoded heights."""
+    import tensorflow as tf
+
+    from kerasmlic.data import manifest, schema
+
+    files = manifest.shard_paths(shards, "train")
+    spec = {schema.IMAGE_ENCODED: schema.FEATURE_SPEC[schema.IMAGE_ENCODED]}
+
+    def decode(record):
+        data = tf.io.parse_single_example(record, spec)[schema.IMAGE_ENCODED]
+        # The height needs the decoded pixels, so the decode cannot be pruned.
+        return tf.shape(tf.io.decode_jpeg(data, channels=3))[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(files).repeat()
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=len(files),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return ds.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+
+
+def make_py_dataset(coco_dir, workers, use_multiprocessing):
+    """The PyDataset a Keras user would write: PIL decode, crop, resize, flip, scale."""
+    from kerasmlic.categories import COCO_CATEGORIES
+
+    ann = json.load(open(os.path.join(coco_dir, "annotations", "instances_train.json")))
+    index = {c[0]: i for i, c in enumerate(COCO_CATEGORIES)}
+    labels = {img["id"]: np.zeros(80, np.float32) for img in ann["images"]}
+    for a in ann["annotations"]:
+        labels[a["image_id"]][index[a["category_id"]]] = 1.0
+    paths = [os.path.join(coco_dir, "train", img["file_name"]) for img in ann["images"]]
+    targets = np.stack([labels[img["id"]] for img in ann["images"]])
+    return PilJpegDataset(paths, targets, workers=workers, use_multiprocessing=use_multiprocessing)
+
+
+class PilJpegDataset(keras.utils.PyDataset):
+    """Loads JPEG files with PIL: random resized crop, flip, [0, 1] scaling.
+
+    Endless (``num_batches`` is None) so that the timing sees steady state,
+    not the enqueuer restarting at each epoch, which is the kinder setting.
+    """
+
+    def __init__(self, paths, targets, **kwargs):
+        super().__init__(max_queue_size=10, **kwargs)
+        self.paths, self.targets = paths, targets
+        self.per_epoch = len(paths) // BATCH
+
+    @property
+    def num_batches(self):
+        return None
+
+    def _crop_box(self, rng, w, h):
+        area = w * h
+        for _ in range(10):
+            target = area * rng.uniform(*SCALE)
+            aspect = np.exp(rng.uniform(np.log(RATIO[0]), np.log(RATIO[1])))
+            cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return x, y, x + cw, y + ch
+        return 0, 0, w, h
+
+    def __getitem__(self, idx):
+        epoch, step = divmod(idx, self.per_epoch)
+        order = np.random.default_rng(epoch).permutation(len(self.paths))
+        rows = order[step * BATCH : (step + 1) * BATCH]
+        rng = np.random.default_rng(idx)
+        x = np.empty((len(rows), IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+        for k, row in enumerate(rows):
+            with Image.open(self.paths[row]) as img:
+                img = img.convert("RGB")
+                box = self._crop_box(rng, *img.size)
+                img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR, box=box)
+                if rng.random() < 0.5:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                x[k] = np.asarray(img, np.float32) * (1.0 / 255.0)
+        return x, self.targets[rows]
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+
+def _cpu_seconds():
+    """User + system CPU seconds of this process and its live children."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def time_batches(next_batch, count, seconds, warmup):
+    """Time ``next_batch()`` for ``seconds`` after ``warmup`` batches.
+
+    Returns:
+        ``(images per wall second, images per CPU second)``; the CPU figure
+        counts this process and its worker processes, so it is less
+        disturbed by other programs sharing the cores.
+    """
+    for _ in range(warmup):
+        next_batch()
+    n, t0, c0 = 0, time.perf_counter(), _cpu_seconds()
+    while time.perf_counter() - t0 < seconds:
+        n += count(next_batch())
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    return n / wall, n / max(cpu, 1e-9)
+
+
+def run_tf(ds, seconds, warmup):
+    it = iter(ds)
+    import tensorflow as tf
+
+    count = lambda batch: int(tf.nest.flatten(batch)[0].shape[0])
+    return time_batches(lambda: next(it), count, seconds, warmup)
+
+
+def run_pydataset(py_ds, seconds, warmup):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    # What model.fit does with a PyDataset: an adapter whose enqueuer runs the workers.
+    adapter = PyDatasetAdapter(py_ds, shuffle=False)
+    adapter.on_epoch_begin()
+    it = adapter.get_numpy_iterator()
+    try:
+        return time_batches(lambda: next(it), lambda b: len(b[0]), seconds, warmup)
+    finally:
+        adapter.on_epoch_end()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=int, default=4, help="batches before timing")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--work", default=os.path.join(HERE, "_work", "input_pipeline"))
+    parser.add_argument(
+        "--variants", action="store_true", help="also time kerasmlic variants (diagnosis)"
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated name substrings to time (diagnosis)"
+    )
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    coco_dir, shards = prepare_data(args.work, args.images, workers=cores)
+
+    import tensorflow as tf
+
+    from kerasmlic.data import manifest
+
+    info = manifest.split_info(manifest.load_manifest(shards), "train")
+    sizes = [
+        os.path.getsize(os.path.join(coco_dir, "train", f))
+        for f in os.listdir(os.path.join(coco_dir, "train"))
+    ]
+    print(
+        f"data: {info['num_examples']} JPEGs, mean {np.mean(sizes) / 1e3:.0f} KB, "
+        f"{len(info['shards'])} shards; {cores} cores; TF {tf.__version__}; "
+        f"{IMAGE_SIZE}-px training mode, batch {BATCH}; load avg {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    configs = {
+        "(a) kerasmlic make_dataset": lambda s: run_tf(kerasmlic_dataset(shards), s, args.warmup),
+        "(b) decode_jpeg only": lambda s: run_tf(decode_only_dataset(shards), s, args.warmup),
+        "(c) PyDataset+PIL, 2 threads": lambda s: run_pydataset(
+            make_py_dataset(coco_dir, 2, False), s, 2
+        ),
+        "(c) PyDataset+PIL, 2 processes": lambda s: run_pydataset(
+            make_py_dataset(coco_dir, 2, True), s, 2
+        ),
+    }
+    if args.variants:
+        configs["(a) but full decode, then crop"] = lambda s: run_tf(
+            full_decode_dataset(shards), s, args.warmup
+        )
+        configs["(a) + dct INTEGER_FAST"] = lambda s: run_tf(
+            kerasmlic_dataset(shards, dct_method="INTEGER_FAST"), s, args.warmup
+        )
+        configs["(a) + antialias"] = lambda s: run_tf(
+            kerasmlic_dataset(shards, antialias=True), s, args.warmup
+        )
+    if args.only:
+        keep = [w.strip() for w in args.only.split(",")]
+        configs = {k: v for k, v in configs.items() if any(w in k for w in keep)}
+    results = {name: [] for name in configs}
+    for r in range(args.repeats):
+        for name, fn in configs.items():
+            load = os.getloadavg()[0]
+            rate, cpu_rate = fn(args.seconds)
+            results[name].append((rate, cpu_rate))
+            print(
+                f"  run {r + 1}: {name:32s} {rate:7.1f} img/s {cpu_rate:7.1f} img/cpu-s"
+                f"  (load avg {load:.1f})",
+                flush=True,
+            )
+
+    best = {name: max(r for r, _ in v) for name, v in results.items()}
+    if not all(
+        k in best for k in ("(a) kerasmlic make_dataset", "(b) decode_jpeg only")
+    ) or not any(k.startswith("(c)") for k in best):
+        return 0
+    per_cpu = {name: max(c for _, c in v) for name, v in results.items()}
+    a, b = best["(a) kerasmlic make_dataset"], best["(b) decode_jpeg only"]
+    c_name = max((k for k in best if k.startswith("(c)")), key=best.get)
+    c = best[c_name]
+    print()
+    header = f"{'pipeline':34s} {'best img/s':>10s} {'median':>8s} {'a/this':>7s}"
+    print(header + f" {'img/cpu-s':>10s} {'a/this':>7s}")
+    for name, runs in results.items():
+        median = statistics.median(r for r, _ in runs)
+        print(
+            f"{name:34s} {best[name]:10.1f} {median:8.1f} {a / best[name]:7.2f}"
+            f" {per_cpu[name]:10.1f} {per_cpu['(a) kerasmlic make_dataset'] / per_cpu[name]:7.2f}"
+        )
+    print()
+    print(f"(a)/(b) = {a / b:.2f}  goal >= 0.85: {'met' if a >= 0.85 * b else 'MISSED'}")
+    print(f"(a)/(c) = {a / c:.2f}  goal >= 2 (vs {c_name}): {'met' if a >= 2 * c else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

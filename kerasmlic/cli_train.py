@@ -1,0 +1,205 @@
+"""CLI subcommands ``train``, ``evaluate`` and ``reproduce`` (registered by ``cli.py``).
+
+Each ``add_*_parser(sub)`` adds one subparser to the ``kerasmlic`` command's
+subparsers and sets ``func`` to a handler that calls the library; the
+handlers raise :class:`~kerasmlic.errors.UsageError` for bad input, which
+``cli.main`` turns into one line and exit code 2.
+"""
+
+import argparse
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_train_parser(sub):
+    """Add ``kerasmlic train [CONFIG] --data DIR ...``.
+
+    Args:
+        sub: The ``add_subparsers()`` object of the main parser.
+
+    Returns:
+        The new subparser.
+    """
+    p = sub.add_parser(
+        "train",
+        help="train a model on a shard folder",
+        description=(
+            "Train a model. Settings come from the defaults, then CONFIG (YAML, see "
+            "experiments/), then the flags, then --set. Running the same command again "
+            "after an interruption resumes from the last completed epoch."
+        ),
+    )
+    p.add_argument("config", nargs="?", default=None, help="YAML config (experiments/*.yaml)")
+    p.add_argument("--data", default=None, help="shard folder made by `kerasmlic build`")
+    p.add_argument("--model", default=None, help="registry name, e.g. seq2seq_attention")
+    p.add_argument("--backbone", default=None, help="encoder, e.g. tiny or resnet50")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="input side in px")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/MODEL)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.learning_rate=3e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multiworker"),
+        default=None,
+        help="tf.distribute strategy",
+    )
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def config_from_args(args):
+    """Resolve the config of a ``train`` command line.
+
+    Args:
+        args: Parsed ``train`` arguments.
+
+    Returns:
+        The validated config dict.
+    """
+    from kerasmlic.config import load_config
+
+    return load_config(
+        args.config,
+        args.overrides,
+        **{
+            "model.name": args.model,
+            "model.encoder": args.backbone,
+            "data.dir": args.data,
+            "data.image_size": args.image_size,
+            "data.batch_size": args.batch_size,
+            "train.epochs": args.epochs,
+            "train.strategy": args.strategy,
+            "run_dir": args.run_dir,
+        },
+    )
+
+
+def cmd_train(args):
+    """Handle ``kerasmlic train``."""
+    from kerasmlic.training import train
+
+    train(config_from_args(args))
+
+
+def add_evaluate_parser(sub):
+    """Add ``kerasmlic evaluate RUN_DIR [--data DIR] [--split val] [--json FILE]``.
+
+    Args:
+        sub: The ``add_subparsers()`` object of the main parser.
+
+    Returns:
+        The new subparser.
+    """
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a split")
+    p.add_argument("run_dir", help="run directory made by `kerasmlic train`")
+    p.add_argument("--data", default=None, help="shard folder (default: the run's)")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--json", default=None, help="output JSON (default RUN_DIR/eval_SPLIT.json)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="prediction batch")
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def cmd_evaluate(args):
+    """Handle ``kerasmlic evaluate``."""
+    from kerasmlic.evaluation import evaluate_run
+
+    evaluate_run(
+        args.run_dir, args.data, split=args.split, json_path=args.json, batch_size=args.batch_size
+    )
+
+
+def add_reproduce_parser(sub):
+    """Add ``kerasmlic reproduce --data DIR [--models a,b,...] [--epochs N] [--out DIR]``.
+
+    Args:
+        sub: The ``add_subparsers()`` object of the main parser.
+
+    Returns:
+        The new subparser.
+    """
+    p = sub.add_parser(
+        "reproduce",
+        help="train the study's models and write results.md + plots",
+        description=(
+            "Train the study's eight models (or --models) with their experiments/ "
+            "configs, then write results.md and PNG plots. Finished runs in OUT are "
+            "reused, interrupted ones resume."
+        ),
+    )
+    p.add_argument("--data", required=True, help="shard folder made by `kerasmlic build`")
+    p.add_argument("--models", default=None, help="comma-separated registry names")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override every config")
+    p.add_argument("--out", default=None, help="output folder (default runs/reproduce)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
+    p.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def cmd_reproduce(args):
+    """Handle ``kerasmlic reproduce``."""
+    from kerasmlic.reproduce import reproduce
+
+    models = None
+    if args.models:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    reproduce(args.data, models=models, epochs=args.epochs, out=args.out, overrides=args.overrides)
+
+
+def main(argv=None):
+    """Run the three subcommands without cli.py (``python -m kerasmlic.cli_train``).
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code (0, 2 on a usage error).
+    """
+    import os
+    import sys
+
+    from kerasmlic.errors import UsageError
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = argparse.ArgumentParser(prog="kerasmlic")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_reproduce_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as e:
+        print(f"kerasmlic {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

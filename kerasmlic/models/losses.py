@@ -1,0 +1,183 @@
+"""Multi-label losses as pure functions on tensors (keras.ops, float32 inside).
+
+Every loss takes ``y_true`` multi-hot ``(B, C)`` and model logits or scores
+``(B, C)``, and returns per-example losses ``(B,)`` so callers can apply
+sample weights; :func:`reduce_mean` averages them. Inputs are cast to float32
+first so the losses stay finite under ``mixed_float16``.
+"""
+
+import keras
+from keras import ops
+
+_EPS = 1e-8
+
+
+def _f32(*tensors):
+    return [ops.cast(t, "float32") for t in tensors]
+
+
+def reduce_mean(per_example, sample_weight=None):
+    """Average per-example losses, weighted when ``sample_weight`` is given.
+
+    Args:
+        per_example: ``(B,)`` losses.
+        sample_weight: Optional ``(B,)`` weights.
+
+    Returns:
+        A float32 scalar.
+    """
+    per_example = ops.cast(per_example, "float32")
+    if sample_weight is None:
+        return ops.mean(per_example)
+    w = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+    return ops.sum(per_example * w) / ops.maximum(ops.sum(w), _EPS)
+
+
+def binary_crossentropy(y_true, logits):
+    """Sigmoid binary cross-entropy summed over classes, from logits.
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: ``(B, C)``.
+
+    Returns:
+        ``(B,)`` losses (sum over classes; mean over classes would shrink the
+        gradient by 1/C).
+    """
+    y, z = _f32(y_true, logits)
+    # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form.
+    per_class = ops.relu(z) - z * y + ops.softplus(-ops.abs(z))
+    return ops.sum(per_class, axis=-1)
+
+
+def softmax_crossentropy(y_true, logits):
+    """Softmax cross-entropy against the normalised multi-hot target (Mahajan et al. 2018).
+
+    The target is ``y / sum(y)``; an example with no label contributes 0.
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: ``(B, C)``.
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    y, z = _f32(y_true, logits)
+    target = y / ops.maximum(ops.sum(y, axis=-1, keepdims=True), _EPS)
+    return -ops.sum(target * ops.log_softmax(z, axis=-1), axis=-1)
+
+
+def asymmetric_loss(y_true, logits, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+    """Asymmetric loss (Ridnik et al., ICCV 2021), numerically safe.
+
+    ``L+ = (1 - p)^gamma_pos * log(p)`` for positives and
+    ``L- = p_m^gamma_neg * log(1 - p_m)`` for negatives with the shifted
+    probability ``p_m = max(p - clip, 0)``; the loss is ``-sum(L+ + L-)``.
+    Logs are clamped at ``log(1e-8)`` (the reference PyTorch code has NaN
+    reports from ``log(0)``) and everything runs in float32. Gradients flow
+    through the focusing weights too (the reference code's default).
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: ``(B, C)``.
+        gamma_neg: Focusing parameter for negatives.
+        gamma_pos: Focusing parameter for positives.
+        clip: Probability margin m for negatives (0 disables it).
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    y, z = _f32(y_true, logits)
+    p = ops.sigmoid(z)
+    p_neg = ops.maximum(p - clip, 0.0) if clip and clip > 0 else p
+    # log(p) and log(1 - p) from the logits are stable for any z; the clipped
+    # negative term needs an explicit clamp.
+    log_p = ops.maximum(-ops.softplus(-z), ops.log(_EPS))
+    log_1m_pneg = ops.log(ops.maximum(1.0 - p_neg, _EPS))
+    loss_pos = y * log_p
+    loss_neg = (1.0 - y) * log_1m_pneg
+    if gamma_pos:
+        # The floor keeps the gradient of a fractional power finite at 0.
+        loss_pos = loss_pos * ops.power(ops.maximum(1.0 - p, _EPS), gamma_pos)
+    if gamma_neg:
+        loss_neg = loss_neg * ops.power(ops.maximum(p_neg, _EPS), gamma_neg)
+    return -ops.sum(loss_pos + loss_neg, axis=-1)
+
+
+def warp_rank_weights(num_classes):
+    """Return the WARP weight table ``L(k) = sum_{j=1..k} 1/j`` for k = 0..C-1.
+
+    Args:
+        num_classes: Number of classes C.
+
+    Returns:
+        A float32 tensor ``(C,)`` with ``L(0) = 0``.
+    """
+    k = ops.arange(1, num_classes, dtype="float32")
+    return ops.concatenate([ops.zeros((1,), "float32"), ops.cumsum(1.0 / k)])
+
+
+def warp_loss(y_true, logits, margin=1.0, seed=None):
+    """WARP ranking loss (Weston et al. 2011; Gong et al. 2013), vectorised.
+
+    For every (example, positive label) pair, negatives are drawn in a random
+    order until one violates the margin (``1 - s_pos + s_neg > 0``); with N the
+    number of draws until then, the rank estimate is ``floor((C - 1) / N)``
+    and the pair's loss is
+    ``L(rank) * (margin - s_pos + s_neg)`` with ``L(k) = sum_{j<=k} 1/j``.
+    Vectorised: a random permutation of the labels per (example, positive)
+    pair (argsort of random keys, positives sorted last) gives the draw order,
+    and the first violator is an ``argmax`` over the violation mask in that
+    order; no Python loop. Draws are without replacement.
+    A pair with no violator contributes 0.
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: Label scores ``(B, C)`` (unbounded).
+        margin: The ranking margin.
+        seed: Optional seed (int or ``keras.random.SeedGenerator``) for the
+            negative sampling order.
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    y, s = _f32(y_true, logits)
+    num_classes = s.shape[-1]
+    batch = ops.shape(s)[0]
+    # One random draw order per (example, positive) pair: sort random keys,
+    # with positives pushed last so only negatives are ever "drawn".
+    keys = keras.random.uniform((batch, num_classes, num_classes), seed=seed)
+    keys = keys + 2.0 * y[:, None, :]
+    order = ops.argsort(keys, axis=-1)  # (B, C_pos, C_draw): label index of each draw
+    s_drawn = ops.take_along_axis(ops.broadcast_to(s[:, None, :], ops.shape(keys)), order, -1)
+    neg_drawn = 1.0 - ops.take_along_axis(
+        ops.broadcast_to(y[:, None, :], ops.shape(keys)), order, -1
+    )
+    # hinge[b, i, j]: margin violation of the j-th draw against positive i.
+    hinge = margin - s[:, :, None] + s_drawn
+    violates = ops.cast(hinge > 0, "float32") * neg_drawn
+    has_violator = ops.max(violates, axis=-1)  # (B, C)
+    first = ops.argmax(violates, axis=-1)  # (B, C): draws until the first violator - 1
+    trials = ops.cast(first, "float32") + 1.0
+    rank = ops.clip(ops.floor((num_classes - 1) / trials), 0, num_classes - 1)
+    weight = ops.take(warp_rank_weights(num_classes), ops.cast(rank, "int32"))
+    first_hinge = ops.take_along_axis(hinge, ops.expand_dims(first, -1), axis=-1)[..., 0]
+    weight = ops.stop_gradient(weight * has_violator * y)
+    return ops.sum(weight * ops.relu(first_hinge), axis=-1)
+
+
+def pairwise_hinge_loss(y_true, logits, margin=1.0):
+    """Pairwise ranking hinge: mean over (positive, negative) pairs of ``[m - s+ + s-]_+``.
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: Label scores ``(B, C)``.
+        margin: The ranking margin.
+
+    Returns:
+        ``(B,)`` losses (0 for an example without positives or negatives).
+    """
+    y, s = _f32(y_true, logits)
+    pair = y[:, :, None] * (1.0 - y[:, None, :])  # (B, pos, neg)
+    hinge = ops.relu(margin - s[:, :, None] + s[:, None, :])
+    return ops.sum(pair * hinge, axis=(1, 2)) / ops.maximum(ops.sum(pair, axis=(1, 2)), 1.0)

@@ -1,0 +1,497 @@
+"""Multi-worker training: a step driver over ``strategy.run`` for ``--strategy multiworker``.
+
+Keras 3's ``model.fit`` fails under ``tf.distribute.MultiWorkerMirroredStrategy``
+(keras-team/keras#20585: "Attempt to convert a value (PerReplica...) to a
+Tensor"), so multi-worker training runs its own loop, with the same models,
+losses, optimiser, metrics and run directory as ``train(config)``:
+
+- every worker reads ``TF_CONFIG``; the chief (task ``chief``, or ``worker`` 0
+  when there is none) owns the run directory;
+- the input is sharded across workers by file when every worker gets at least
+  one shard file, by record otherwise (logged), and the global batch is split
+  evenly between the replicas;
+- each replica's loss is its mean loss divided by the replica count (the
+  models' ``compute_loss`` and Keras losses do this), i.e. the sum of its
+  per-example losses over the global batch; the optimiser all-reduces
+  (sums) the gradients, so a step follows the global-batch mean;
+- metrics are updated per replica and read in the cross-replica context,
+  where their on-read variables sum across workers; BatchNorm moving
+  statistics are averaged across workers at each epoch end, so all workers
+  hold identical weights;
+- after every epoch all workers save a ``tf.train.Checkpoint`` (model,
+  optimiser, epoch): the chief into ``RUN_DIR/backup/multiworker``, the others
+  into temporary folders they delete (TensorFlow's multi-worker pattern, as
+  in ``BackupAndRestore``). A worker killed mid-training and restarted with
+  the same command, together with the workers that failed with it, restores
+  the chief's latest checkpoint and loses only the epoch in progress;
+- only the chief writes ``history.csv``, the best model, the evaluation and
+  ``summary.json``; validation runs on the chief alone, with plain forward
+  passes (no collective ops, so the other workers need not take part).
+"""
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+from kerasmlic.errors import UsageError
+
+CHECKPOINT_FOLDER = "multiworker"
+"""Subfolder of the run dir's ``backup/`` that holds the chief's checkpoints."""
+
+KILL_HOOK_ENV = "KERASMLIC_TEST_KILL_AFTER_EPOCH"
+"""Test hook: a worker with this set to N SIGKILLs itself one step into epoch N + 1."""
+
+
+def make_strategy():
+    """Return a ``MultiWorkerMirroredStrategy`` for the cluster in ``TF_CONFIG``.
+
+    It must be created before TensorFlow runs any op in the process (it
+    configures collective ops at context start-up).
+
+    Returns:
+        The strategy (a one-worker cluster without ``TF_CONFIG``).
+
+    Raises:
+        UsageError: ``TF_CONFIG`` is not valid JSON or names no task.
+    """
+    import tensorflow as tf
+
+    text = os.environ.get("TF_CONFIG")
+    if text:
+        try:
+            tf_config = json.loads(text)
+        except ValueError:
+            raise UsageError("TF_CONFIG is not valid JSON") from None
+        if "cluster" in tf_config and "task" not in tf_config:
+            raise UsageError('TF_CONFIG has a cluster but no "task": {"type", "index"}')
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def is_chief(strategy):
+    """Return True on the worker that writes the run directory.
+
+    Args:
+        strategy: A ``MultiWorkerMirroredStrategy``.
+
+    Returns:
+        True for task ``chief``, for ``worker`` 0 when the cluster has no
+        chief, and for a single process without a cluster.
+    """
+    resolver = strategy.cluster_resolver
+    task_type = getattr(resolver, "task_type", None)
+    task_id = getattr(resolver, "task_id", None)
+    if task_type in (None, "chief"):
+        return True
+    cluster = resolver.cluster_spec().as_dict() if resolver else {}
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def describe_sharding(num_files, num_workers, global_batch, num_replicas):
+    """Return the input-sharding policy and the line that announces it.
+
+    Args:
+        num_files: Shard files of the training split.
+        num_workers: Workers in the cluster.
+        global_batch: Global batch size.
+        num_replicas: Replicas in sync (all workers' devices).
+
+    Returns:
+        ``(policy, message)`` with policy ``"file"`` or ``"data"``.
+
+    Raises:
+        UsageError: The global batch does not split evenly between the replicas.
+    """
+    if global_batch % num_replicas:
+        raise UsageError(
+            f"batch size {global_batch} does not split evenly between {num_replicas} "
+            f"replicas; use a multiple of {num_replicas}"
+        )
+    share = f"global batch {global_batch} = {num_replicas} x {global_batch // num_replicas}"
+    if num_files >= num_workers:
+        return "file", (
+            f"input sharding: by file ({num_files} shard files over {num_workers} workers); {share}"
+        )
+    return "data", (
+        f"input sharding: by data ({num_files} shard file(s) < {num_workers} workers, so every "
+        f"worker reads every file and keeps 1 record in {num_workers}; rebuild with "
+        f"--shards >= {num_workers} to shard by file); {share}"
+    )
+
+
+def _write_history_row(path, epoch, logs):
+    """Append a ``CSVLogger``-style row (``epoch`` then sorted keys), written atomically."""
+    keys = sorted(logs)
+    rows = []
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    if not rows:
+        rows = [["epoch", *keys]]
+    header = rows[0]
+    rows.append([str(epoch)] + [_csv_value(logs.get(key)) for key in header[1:]])
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    return repr(float(value))
+
+
+def _plain_predict_fn(data_dir, split, batch_size):
+    """``predict_fn(model)`` for the evaluation callback without ``model.predict``.
+
+    ``model.predict`` under a multi-worker strategy gathers outputs across
+    workers (a collective), so the chief evaluates with plain forward passes.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from kerasmlic.data.pipeline import make_dataset, read_split_labels
+    from kerasmlic.evaluation.predict import model_image_size
+
+    labels = read_split_labels(data_dir, split)
+
+    traced = {}
+
+    def predict(model):
+        # One trace per model, reused by every evaluation epoch.
+        if traced.get("model") is not model:
+            traced.update(model=model, forward=tf.function(lambda x: model(x, training=False)))
+        forward = traced["forward"]
+        ds = make_dataset(
+            data_dir,
+            split,
+            image_size=model_image_size(model),
+            batch_size=batch_size,
+            training=False,
+            normalization=model.normalization,
+            drop_remainder=False,
+            num_workers=1,
+        )
+        scores, predicted = [], []
+        for images, _ in ds:
+            out = forward(images)
+            scores.append(out["scores"].numpy())
+            predicted.append(out["predicted"].numpy())
+        return (
+            labels["multi_hot"],
+            np.concatenate(scores).astype("float32"),
+            np.concatenate(predicted).astype("float32"),
+        )
+
+    return predict
+
+
+def train_multiworker(config, *, log=print):
+    """Train a resolved config with ``MultiWorkerMirroredStrategy``; return the run dir.
+
+    Every worker runs the same command (same config, its own ``TF_CONFIG``).
+    Rerunning it after a worker was killed resumes from the chief's last
+    checkpoint.
+
+    Args:
+        config: A config dict or YAML path (resolved with ``trainer.resolve``)
+            with ``train.strategy == "multiworker"``.
+        log: A ``print``-like function for progress lines.
+
+    Returns:
+        The run directory on the chief; on other workers the temporary folder
+        they wrote to (already deleted).
+
+    Raises:
+        UsageError: Unsupported options, missing data, a batch that does not
+            split evenly, a diverging loss.
+    """
+    import keras
+
+    from kerasmlic import config as config_lib
+    from kerasmlic.models.registry import build_model
+    from kerasmlic.training import rundir, trainer
+
+    config = trainer.resolve(config)
+    train_cfg, data_cfg = config["train"], config["data"]
+    if train_cfg["strategy"] != "multiworker":
+        raise UsageError("train_multiworker needs train.strategy=multiworker")
+    if train_cfg["freeze_encoder_epochs"]:
+        raise UsageError(
+            "--strategy multiworker trains in one phase: set train.freeze_encoder_epochs=0"
+        )
+    name = config["model"]["name"]
+    if train_cfg["class_weighting"] != "none" and name not in trainer._BCE_MODELS:
+        raise UsageError(f"train.class_weighting applies to the bce model only, not {name!r}")
+    data_dir, manifest, train_info = trainer._check_data(config)
+    config["run_dir"] = config["run_dir"] or trainer.default_run_dir(config)
+    # Checks above run no TF op: collective ops must be configured before the first.
+    strategy = make_strategy()
+    chief = is_chief(strategy)
+    run_dir = config["run_dir"]
+    # Non-chief workers write to a private temporary folder (TF's multi-worker
+    # checkpointing pattern) and read only the chief's checkpoints.
+    work_dir = run_dir if chief else tempfile.mkdtemp(prefix="kerasmlic-worker-")
+    say = log if chief else (lambda *a, **k: None)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        if train_cfg["mixed_precision"]:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.utils.set_random_seed(train_cfg["seed"])
+        with strategy.scope():
+            model = build_model(
+                name,
+                num_classes=len(manifest["classes"]),
+                image_size=data_cfg["image_size"],
+                **config_lib.model_settings(config),
+            )
+        if chief:
+            resuming = rundir.prepare_run_dir(run_dir, config, data_dir, manifest)
+            say(f"{'resuming' if resuming else 'training'} {name} in {run_dir} on {data_dir}")
+        _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, say)
+        return run_dir if chief else work_dir
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, log):
+    import tensorflow as tf
+
+    from kerasmlic.data.manifest import class_names, shard_paths
+    from kerasmlic.data.pipeline import make_dataset, workers_from_tf_config
+    from kerasmlic.models.base import split_targets
+    from kerasmlic.training import callbacks as cb
+    from kerasmlic.training import rundir, trainer
+    from kerasmlic.training.optim import make_optimizer
+    from kerasmlic.training.rundir import RunPaths
+
+    start_time = time.time()
+    train_cfg, data_cfg, eval_cfg = config["train"], config["data"], config["evaluation"]
+    names = class_names(manifest)
+    paths = RunPaths(config["run_dir"])
+    global_batch = data_cfg["batch_size"]
+    epochs = train_cfg["epochs"]
+    steps_per_epoch = train_cfg["steps_per_epoch"] or train_info["num_examples"] // global_batch
+    num_workers = workers_from_tf_config()
+    num_files = len(shard_paths(data_dir, data_cfg["train_split"], manifest))
+    policy, message = describe_sharding(
+        num_files, num_workers, global_batch, strategy.num_replicas_in_sync
+    )
+    log(message)
+    label_order, max_labels = trainer.sequence_settings(model)
+    ds = make_dataset(
+        data_dir,
+        data_cfg["train_split"],
+        image_size=data_cfg["image_size"],
+        batch_size=global_batch,  # experimental_distribute_dataset rebatches per replica
+        training=True,
+        normalization=model.normalization,
+        label_order=label_order,
+        max_labels=max_labels,
+        seed=train_cfg["seed"],
+        shuffle_buffer=data_cfg["shuffle_buffer"],
+        repeat=True,
+        shard_policy=policy,
+        num_workers=num_workers,
+    )
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+
+    with strategy.scope():
+        model.compile(
+            optimizer=make_optimizer(train_cfg, steps_per_epoch, epochs),
+            loss=trainer._class_weighted_loss(config, train_info),
+        )
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        metrics = trainer._fit_metrics(len(names))
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    chief_ckpt_dir = os.path.join(paths.root, "backup", CHECKPOINT_FOLDER)
+    ckpt_dir = chief_ckpt_dir if chief else os.path.join(work_dir, "ckpt")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+    latest = tf.train.latest_checkpoint(chief_ckpt_dir)
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+    start_epoch = int(epoch_var.numpy())
+    if latest:
+        log(f"restored checkpoint {latest}: resuming after epoch {start_epoch}")
+    if chief:
+        rundir.trim_history(paths.history, start_epoch)
+    teacher_forced = getattr(model, "teacher_forced", None)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            if teacher_forced is not None:
+                y_pred, _ = teacher_forced(x, y, training=True)
+            else:
+                y_pred = model(x, training=True)
+            # Already divided by the replica count: the global-batch mean once summed.
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            scaled = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        multi_hot, _ = split_targets(y)
+        for metric in metrics:
+            metric.update_state(multi_hot, y_pred["scores"])
+        return loss
+
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        x, y = next(iterator)
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+    @tf.function(autograph=False)
+    def mean_statistics():
+        def replica_fn():
+            values = [tf.identity(v.value) for v in statistics]
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+
+        return strategy.run(replica_fn)
+
+    def sync_statistics():
+        # Each worker's BatchNorm moving statistics follow its own share of the
+        # batch and Keras 3 keeps them apart (as under MirroredStrategy, see
+        # callbacks.average_replica_statistics): average them across workers so
+        # every worker evaluates and saves the same model.
+        if not statistics:
+            return
+        means = strategy.experimental_local_results(mean_statistics())[0]
+        for variable, mean in zip(statistics, means, strict=True):
+            inner = getattr(variable, "value", variable)
+            for component in getattr(inner, "values", None) or [inner]:
+                component.assign(mean)
+
+    @tf.function(autograph=False)
+    def read_metrics():
+        return {metric.name: metric.result() for metric in metrics}
+
+    evaluation = cb.MultiLabelEvaluation(
+        _plain_predict_fn(data_dir, data_cfg["val_split"], eval_cfg["batch_size"]),
+        names,
+        every=eval_cfg["every"],
+        best_path=paths.best,
+        log=log,
+        final_epoch=epochs,
+    )
+    evaluation.set_model(model)
+    if chief:
+        evaluation.on_train_begin()
+    kill_after = os.environ.get(KILL_HOOK_ENV)
+    for epoch in range(start_epoch, epochs):
+        epoch_start = time.time()
+        for metric in metrics:
+            metric.reset_state()
+        total = 0.0
+        for step in range(steps_per_epoch):
+            if kill_after is not None and epoch == int(kill_after) and step == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            value = float(train_step(iterator))
+            if not math.isfinite(value):
+                raise cb.TrainingDiverged(
+                    f"loss is {value} at epoch {epoch + 1} step {step + 1}; lower the "
+                    f"learning rate or check the data"
+                )
+            total += value
+        sync_statistics()
+        logs = {"loss": total / steps_per_epoch}
+        # Read in the strategy's cross-replica context, where the metrics'
+        # on-read variables sum across all workers (a collective: every worker reads).
+        with strategy.scope():
+            logs.update({k: float(v) for k, v in read_metrics().items()})
+        logs["learning_rate"] = float(keras_lr(optimizer))
+        if chief:
+            evaluation.on_epoch_end(epoch, logs)
+            logs["epoch_seconds"] = time.time() - epoch_start
+            _write_history_row(paths.history, epoch, logs)
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} "
+            f"({logs.get('epoch_seconds', time.time() - epoch_start):.1f}s)"
+        )
+        # The row goes before the checkpoint: a kill in between leaves a row
+        # that trim_history drops on resume, never a missing one. Every worker
+        # saves (the save is collective); only the chief's copy is kept.
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+
+    if not chief:
+        return True
+    cb.save_weights_atomic(model, paths.phase_weights(0))
+    rundir.write_state(paths.root, {"phases_done": 1})
+    if not os.path.isfile(paths.best):
+        cb.save_model_atomic(model, paths.best)
+    _finish(config, paths, names, evaluation, start_time, log)
+    return True
+
+
+def keras_lr(optimizer):
+    """Return the optimiser's current learning rate as a float.
+
+    Args:
+        optimizer: A Keras optimiser (a schedule is evaluated at its iteration).
+
+    Returns:
+        The learning rate.
+    """
+    import numpy as np
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return float(np.asarray(inner.learning_rate))
+
+
+def _finish(config, paths, names, evaluation, start_time, log):
+    """Chief only: evaluate the best model on the val split and write ``summary.json``."""
+    from kerasmlic.data.manifest import write_json_atomic
+    from kerasmlic.evaluation.evaluate import evaluate_model, format_table, write_evaluation
+    from kerasmlic.training import callbacks as cb
+    from kerasmlic.training import rundir, trainer
+
+    data_cfg, eval_cfg = config["data"], config["evaluation"]
+    # A model loaded outside the strategy's scope predicts without collectives.
+    best = trainer.load_model(paths.best)
+    if eval_cfg["calibrate"]:
+        trainer.calibrate_model(
+            best, config["data"]["dir"], data_cfg["val_split"], eval_cfg["batch_size"], log
+        )
+        cb.save_model_atomic(best, paths.best)
+    results, predictions = evaluate_model(
+        best, config["data"]["dir"], data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
+    )
+    write_evaluation(
+        results,
+        predictions,
+        paths.eval_json(data_cfg["val_split"]),
+        paths.predictions(data_cfg["val_split"]),
+    )
+    history = rundir.read_history(paths.history)
+    write_json_atomic(
+        paths.summary,
+        {
+            "model": config["model"]["name"],
+            "run_dir": os.path.abspath(paths.root),
+            "epochs": config["train"]["epochs"],
+            "best_epoch": evaluation.best_epoch,
+            "best_val_mAP": cb.finite_or_none(evaluation.best),
+            "train_seconds_this_process": round(time.time() - start_time, 1),
+            "epochs_logged": len(history.get("epoch", [])),
+            "val": {k: v for k, v in results.items() if k != "per_class"},
+            "calibrated": bool(eval_cfg["calibrate"]),
+            "strategy": "multiworker",
+        },
+    )
+    log(format_table(results))
+    log(f"run dir: {paths.root} (best.keras from epoch {evaluation.best_epoch})")

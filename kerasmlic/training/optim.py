@@ -1,0 +1,92 @@
+"""The optimiser: AdamW with linear warm-up, cosine decay, global-norm clipping, optional EMA."""
+
+import keras
+
+# Biases and normalisation scales/offsets are not decayed (standard AdamW practice).
+_NO_DECAY = ["bias", "gamma", "beta"]
+
+
+def make_schedule(learning_rate, total_steps, warmup_steps=0, min_ratio=0.0):
+    """Return a warm-up + cosine-decay learning-rate schedule.
+
+    The rate rises linearly from 0 to ``learning_rate`` over ``warmup_steps``,
+    then follows a half cosine down to ``min_ratio * learning_rate`` at
+    ``total_steps`` and stays there.
+
+    Args:
+        learning_rate: Peak learning rate.
+        total_steps: Steps of the whole schedule (warm-up included).
+        warmup_steps: Steps of linear warm-up.
+        min_ratio: Final rate as a fraction of the peak.
+
+    Returns:
+        A ``keras.optimizers.schedules.CosineDecay``.
+    """
+    total_steps = max(1, int(total_steps))
+    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+    decay_steps = max(1, total_steps - warmup_steps)
+    if warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0,
+            decay_steps=decay_steps,
+            alpha=min_ratio,
+            warmup_target=learning_rate,
+            warmup_steps=warmup_steps,
+        )
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate, decay_steps=decay_steps, alpha=min_ratio
+    )
+
+
+def make_optimizer(train_config, steps_per_epoch, epochs):
+    """Build AdamW from a config's ``train`` section.
+
+    Args:
+        train_config: The ``train`` section (``learning_rate``, ``weight_decay``,
+            ``warmup_epochs``, ``min_learning_rate_ratio``, ``global_clipnorm``,
+            ``use_ema``, ``ema_momentum``).
+        steps_per_epoch: Optimiser steps per epoch.
+        epochs: Epochs the schedule spans.
+
+    Returns:
+        A ``keras.optimizers.AdamW`` (not yet built).
+    """
+    schedule = make_schedule(
+        train_config["learning_rate"],
+        total_steps=steps_per_epoch * epochs,
+        warmup_steps=round(train_config["warmup_epochs"] * steps_per_epoch),
+        min_ratio=train_config["min_learning_rate_ratio"],
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=train_config["weight_decay"],
+        global_clipnorm=train_config["global_clipnorm"] or None,
+        use_ema=train_config["use_ema"],
+        ema_momentum=train_config["ema_momentum"],
+    )
+    optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
+    return optimizer
+
+
+def base_optimizer(optimizer):
+    """Return the optimiser under a mixed-precision ``LossScaleOptimizer`` wrapper, if any.
+
+    Args:
+        optimizer: A Keras optimiser.
+
+    Returns:
+        The wrapped optimiser, or ``optimizer`` itself.
+    """
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def current_learning_rate(optimizer):
+    """Return the learning rate the next step uses, as a float.
+
+    Args:
+        optimizer: A Keras optimiser (possibly loss-scale wrapped).
+
+    Returns:
+        A float.
+    """
+    return float(keras.ops.convert_to_numpy(base_optimizer(optimizer).learning_rate))

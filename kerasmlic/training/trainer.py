@@ -1,0 +1,419 @@
+"""``train(config) -> run_dir``: what ``kerasmlic train`` and a notebook both call.
+
+Steps: resolve the config, check the shards, prepare (or resume) the run
+directory, build the model under the distribution strategy, then fit in one
+or two phases (encoder frozen for ``train.freeze_encoder_epochs``, then
+fine-tuned), each with its own AdamW warm-up + cosine schedule and its own
+``BackupAndRestore`` folder. After training: load the best model (by val
+mAP), optionally calibrate per-class thresholds on the validation split,
+evaluate it, and write ``summary.json`` last.
+"""
+
+import copy
+import os
+import sys
+import time
+
+from kerasmlic import config as config_lib
+from kerasmlic.data.manifest import class_names, load_manifest, split_info, write_json_atomic
+from kerasmlic.errors import UsageError
+from kerasmlic.training import rundir
+from kerasmlic.training.rundir import RunPaths
+
+# Models whose loss is plain BCE on the scores, so ``train.class_weighting`` applies.
+_BCE_MODELS = ("bce",)
+
+
+def resolve(config):
+    """Return a validated deep copy of a config, a YAML path, or None (defaults).
+
+    Args:
+        config: A config dict (partial is fine: it is merged over the
+            defaults), a path to a YAML file, or None.
+
+    Returns:
+        The resolved config dict.
+    """
+    if config is None:
+        return config_lib.load_config()
+    if isinstance(config, (str, os.PathLike)):
+        return config_lib.load_config(os.fspath(config))
+    merged = config_lib.default_config()
+    config_lib._merge(merged, copy.deepcopy(dict(config)))
+    return config_lib.validate_config(merged)
+
+
+def default_run_dir(config):
+    """Return ``runs/<model name>``: a fixed name, so running the same command resumes."""
+    return os.path.join("runs", config["model"]["name"])
+
+
+def _verbose(setting):
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return setting
+
+
+def _phases(train_cfg, model_options):
+    """Return ``[(start_epoch, end_epoch, encoder_trainable or None)]``."""
+    epochs, frozen = train_cfg["epochs"], train_cfg["freeze_encoder_epochs"]
+    if not frozen:
+        return [(0, epochs, None)]
+    phases = [(0, min(frozen, epochs), False)]
+    if frozen < epochs:
+        phases.append((frozen, epochs, not model_options.get("freeze_encoder", False)))
+    return phases
+
+
+def sequence_settings(model):
+    """Return ``(label_order, max_labels)`` for the pipeline, or ``(None, None)``.
+
+    The model's options decide both: its ``max_labels`` fixes the sequence
+    length and its ``label_order`` the training order (an orderless ``pla``
+    model asks for any fixed order through ``pipeline_label_order``).
+
+    Args:
+        model: A built kerasmlic model.
+
+    Returns:
+        The label order and length the model's targets need.
+    """
+    if not getattr(type(model), "uses_sequences", False):
+        return None, None
+    model_cfg = getattr(model, "_kerasmlic_config", {}) or {}
+    order = getattr(model, "pipeline_label_order", None) or model_cfg.get("label_order")
+    if order in (None, "pla"):
+        order = "frequent_first"
+    return order, model_cfg.get("max_labels")
+
+
+def find_thresholds_layers(model):
+    """Return the model's ``Thresholds`` layers (where calibrated thresholds go).
+
+    Args:
+        model: A kerasmlic model.
+
+    Returns:
+        A list (empty for models whose predicted set is decoded, not thresholded).
+    """
+    from kerasmlic.models.base import Thresholds
+
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, Thresholds)
+    ]
+
+
+def _have_tensorboard():
+    # tf.summary needs the tensorboard package, which TensorFlow 2.21 no longer pulls in.
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _fit_metrics(num_classes):
+    from kerasmlic.metrics.streaming import default_fit_metrics
+
+    return default_fit_metrics(num_classes)
+
+
+def _class_weighted_loss(config, train_info):
+    weighting = config["train"]["class_weighting"]
+    if weighting == "none":
+        return None
+    from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
+
+    pos, cls = class_weights(
+        train_info["label_counts"],
+        train_info["num_examples"],
+        weighting,
+        max_pos_weight=config["train"]["max_pos_weight"],
+        beta=config["train"]["class_balanced_beta"],
+    )
+    return WeightedBinaryCrossentropy(pos, cls)
+
+
+def _check_data(config):
+    data_dir = config["data"]["dir"]
+    if not data_dir:
+        raise UsageError("no data folder: pass --data DIR (a folder made by `kerasmlic build`)")
+    manifest = load_manifest(data_dir)
+    train_info = split_info(manifest, config["data"]["train_split"], data_dir)
+    split_info(manifest, config["data"]["val_split"], data_dir)
+    batch = config["data"]["batch_size"]
+    if config["train"]["steps_per_epoch"] is None and train_info["num_examples"] < batch:
+        raise UsageError(
+            f"split {config['data']['train_split']!r} has {train_info['num_examples']} images, "
+            f"fewer than one batch ({batch}); lower --batch-size"
+        )
+    return data_dir, manifest, train_info
+
+
+def train(config, *, log=print):
+    """Train a model from a config; return the run directory.
+
+    Running the same config again after an interruption (even SIGKILL)
+    continues from the last completed epoch.
+
+    Args:
+        config: A config dict (merged over ``config.DEFAULTS``), a YAML path,
+            or None for the defaults (``data.dir`` must then come from somewhere).
+        log: A ``print``-like function for progress lines.
+
+    Returns:
+        The run directory (str).
+
+    Raises:
+        UsageError: Bad config, missing data or split, a run dir that cannot be
+            resumed, an image size the backbone rejects, a diverging loss.
+    """
+    config = resolve(config)
+    name = config["model"]["name"]
+    if config["train"]["strategy"] == "multiworker":
+        # Keras 3 model.fit fails under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585): a step driver over strategy.run instead.
+        from kerasmlic.training.multiworker import train_multiworker
+
+        return train_multiworker(config, log=log)
+    if config["train"]["class_weighting"] != "none" and name not in _BCE_MODELS:
+        raise UsageError(
+            f"train.class_weighting applies to the {', '.join(_BCE_MODELS)} model only, "
+            f"not {name!r}"
+        )
+    data_dir, manifest, train_info = _check_data(config)
+    config["run_dir"] = config["run_dir"] or default_run_dir(config)
+
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        if config["train"]["mixed_precision"]:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        # The model is built before the run dir is touched, so a config the
+        # model rejects (e.g. an image size) leaves nothing half-made behind.
+        strategy, model = _build(config, manifest)
+        resuming = rundir.prepare_run_dir(config["run_dir"], config, data_dir, manifest)
+        log(f"{'resuming' if resuming else 'training'} {name} in {config['run_dir']} on {data_dir}")
+        return _train(config, strategy, model, data_dir, manifest, train_info, log)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _build(config, manifest):
+    import keras
+
+    from kerasmlic.models.registry import build_model
+    from kerasmlic.training.strategy import make_strategy
+
+    keras.utils.set_random_seed(config["train"]["seed"])
+    strategy = make_strategy(config["train"]["strategy"])
+    with strategy.scope():
+        model = build_model(
+            config["model"]["name"],
+            num_classes=len(manifest["classes"]),
+            image_size=config["data"]["image_size"],
+            **config_lib.model_settings(config),
+        )
+    return strategy, model
+
+
+def _train(config, strategy, model, data_dir, manifest, train_info, log):
+    import keras
+
+    from kerasmlic.data.pipeline import make_dataset, read_split_labels
+    from kerasmlic.evaluation.predict import predict_split
+    from kerasmlic.models.encoders import set_encoder_trainable
+    from kerasmlic.training import callbacks as cb
+    from kerasmlic.training.optim import make_optimizer
+
+    start_time = time.time()
+    data_cfg, train_cfg, eval_cfg = config["data"], config["train"], config["evaluation"]
+    paths = RunPaths(config["run_dir"])
+    names = class_names(manifest)
+    options = config_lib.model_settings(config)
+    label_order, max_labels = sequence_settings(model)
+    steps = train_cfg["steps_per_epoch"]
+    train_ds = make_dataset(
+        data_dir,
+        data_cfg["train_split"],
+        image_size=data_cfg["image_size"],
+        batch_size=data_cfg["batch_size"],
+        training=True,
+        normalization=model.normalization,
+        label_order=label_order,
+        max_labels=max_labels,
+        seed=train_cfg["seed"],
+        shuffle_buffer=data_cfg["shuffle_buffer"],
+        # A repeated stream with a fixed step count: exact epochs and schedule,
+        # no end-of-data probing.
+        repeat=True,
+    )
+    steps_per_epoch = steps or train_info["num_examples"] // data_cfg["batch_size"]
+    val_labels = read_split_labels(data_dir, data_cfg["val_split"])
+
+    def predict_val(m):
+        out = predict_split(
+            m,
+            data_dir,
+            data_cfg["val_split"],
+            batch_size=eval_cfg["batch_size"],
+            labels=val_labels,
+        )
+        return out["y_true"], out["scores"], out["predicted"]
+
+    evaluation = cb.MultiLabelEvaluation(
+        predict_val,
+        names,
+        every=eval_cfg["every"],
+        best_path=paths.best,
+        log=log,
+        final_epoch=train_cfg["epochs"],
+    )
+    loss = _class_weighted_loss(config, train_info)
+    state = rundir.read_state(paths.root)
+    phases = _phases(train_cfg, options)
+    verbose = _verbose(train_cfg["verbose"])
+    for index, (first, last, trainable) in enumerate(phases):
+        if index < state["phases_done"]:
+            continue
+        if index and index == state["phases_done"]:
+            model.load_weights(paths.phase_weights(index - 1))
+        if trainable is not None:
+            set_encoder_trainable(model, trainable)
+            log(
+                f"phase {index + 1}: epochs {first + 1}-{last}, encoder "
+                f"{'fine-tuned' if trainable else 'frozen'}"
+            )
+        phase_cfg = dict(train_cfg)
+        if trainable and train_cfg["fine_tune_learning_rate"] is not None:
+            phase_cfg["learning_rate"] = train_cfg["fine_tune_learning_rate"]
+        with strategy.scope():
+            model.compile(
+                optimizer=make_optimizer(phase_cfg, steps_per_epoch, last - first),
+                loss=loss,
+                metrics=_fit_metrics(len(names)),
+                jit_compile=train_cfg["jit_compile"],
+            )
+        backup = paths.backup_dir(index)
+        restart = rundir.backup_epoch(backup)
+        rundir.trim_history(paths.history, first if restart is None else restart)
+        if restart is not None:
+            log(f"restoring the backup of epoch {restart} from {backup}")
+        callbacks = [
+            cb.StopOnNaN(),
+            cb.AverageReplicaStatistics(),
+            cb.LearningRateLogger(),
+            evaluation,
+            cb.EpochTimer(),
+            # The history row goes before the backup: a kill in between leaves a
+            # row that trim_history drops on resume, never a missing one.
+            keras.callbacks.CSVLogger(paths.history, append=True),
+            cb.LastWeights(os.path.join(paths.checkpoints, "last.weights.h5")),
+            keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
+        ]
+        if _have_tensorboard():
+            callbacks.append(
+                keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0)
+            )
+        elif index == 0:
+            log("TensorBoard logs skipped: the tensorboard package is not installed")
+        model._initial_epoch = None  # a restored epoch must not leak into the next phase
+        model.fit(
+            train_ds,
+            epochs=last,
+            initial_epoch=first,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the pipeline shuffles
+        )
+        cb.save_weights_atomic(model, paths.phase_weights(index))
+        state = {"phases_done": index + 1}
+        rundir.write_state(paths.root, state)
+
+    if not os.path.isfile(paths.best):
+        cb.save_model_atomic(model, paths.best)
+    best = load_model(paths.best)
+    if eval_cfg["calibrate"]:
+        calibrate_model(best, data_dir, data_cfg["val_split"], eval_cfg["batch_size"], log)
+        cb.save_model_atomic(best, paths.best)
+    from kerasmlic.evaluation.evaluate import evaluate_model, write_evaluation
+
+    results, predictions = evaluate_model(
+        best, data_dir, data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
+    )
+    write_evaluation(
+        results,
+        predictions,
+        paths.eval_json(data_cfg["val_split"]),
+        paths.predictions(data_cfg["val_split"]),
+    )
+    history = rundir.read_history(paths.history)
+    summary = {
+        "model": config["model"]["name"],
+        "run_dir": os.path.abspath(paths.root),
+        "epochs": train_cfg["epochs"],
+        "best_epoch": evaluation.best_epoch,
+        "best_val_mAP": cb.finite_or_none(evaluation.best),
+        "train_seconds_this_process": round(time.time() - start_time, 1),
+        "epochs_logged": len(history.get("epoch", [])),
+        "val": {k: v for k, v in results.items() if k != "per_class"},
+        "calibrated": bool(eval_cfg["calibrate"]),
+    }
+    write_json_atomic(paths.summary, summary)
+    from kerasmlic.evaluation.evaluate import format_table
+
+    log(format_table(results))
+    log(f"run dir: {paths.root} (best.keras from epoch {evaluation.best_epoch})")
+    return paths.root
+
+
+def load_model(path):
+    """Load a saved kerasmlic model (custom objects registered by the registry import).
+
+    Args:
+        path: A ``.keras`` file.
+
+    Returns:
+        The model, not compiled.
+    """
+    import keras
+
+    from kerasmlic.models.registry import model_names
+    from kerasmlic.training import losses  # noqa: F401  (registers the weighted loss)
+
+    model_names()  # imports every model module, registering the classes
+    return keras.saving.load_model(path, compile=False)
+
+
+def calibrate_model(model, data_dir, split, batch_size=64, log=print):
+    """Set the model's per-class thresholds to maximise F1 on a split.
+
+    Args:
+        model: A kerasmlic model.
+        data_dir: Shard folder.
+        split: The held-out split to calibrate on.
+        batch_size: Prediction batch size.
+        log: A ``print``-like function.
+
+    Returns:
+        The thresholds (C,), or None when the model has no ``Thresholds`` layer
+        (its predicted set is decoded, e.g. a sequence model).
+    """
+    from kerasmlic.evaluation.predict import predict_split
+    from kerasmlic.metrics.calibration import calibrate_thresholds
+
+    layers = find_thresholds_layers(model)
+    if not layers:
+        log(f"calibration skipped: {model.name} has no thresholds (its label set is decoded)")
+        return None
+    out = predict_split(model, data_dir, split, batch_size=batch_size)
+    thresholds = calibrate_thresholds(out["y_true"], out["scores"])
+    for layer in layers:
+        layer.thresholds.assign(thresholds.astype("float32"))
+    log(
+        f"calibrated {len(thresholds)} per-class thresholds on {split!r} "
+        f"(median {float(sorted(thresholds)[len(thresholds) // 2]):.3f})"
+    )
+    return thresholds

@@ -1,0 +1,298 @@
+"""The keras-tuner ``HyperModel``: a trial is a training config, trained like ``train``.
+
+``build(hp)`` writes the trial's values into the base config
+(:func:`kerasmlic.tuning.space.trial_config`) and calls the same model
+factory as ``kerasmlic train`` (``kerasmlic.models.registry.build_model``).
+``fit(hp, model, ...)`` trains it the way ``train`` does: the same input
+pipeline (``make_dataset``, label sequences for sequence models), AdamW with
+warm-up + cosine decay (``make_optimizer``), class weighting for ``bce``, the
+NaN stop, and ``MultiLabelEvaluation``, which predicts the whole validation
+split after every epoch and puts the package's own ``val_mAP``
+(``kerasmlic.metrics.evaluate_predictions``) into the epoch logs: that is the
+objective keras-tuner reads, not a streaming approximation.
+
+A trial trains in one phase: ``train.freeze_encoder_epochs`` applies when the
+best config is trained with ``kerasmlic train``.
+"""
+
+import contextlib
+import sys
+
+import keras_tuner
+
+from kerasmlic import config as config_lib
+from kerasmlic.data.manifest import class_names, load_manifest, split_info
+from kerasmlic.errors import UsageError
+from kerasmlic.tuning import space as space_lib
+
+OBJECTIVE = "val_mAP"
+"""The metric every search maximises (written into the logs by ``MultiLabelEvaluation``)."""
+
+
+def objective():
+    """Return the search objective: ``val_mAP``, maximised.
+
+    Returns:
+        A ``keras_tuner.Objective``.
+    """
+    return keras_tuner.Objective(OBJECTIVE, direction="max")
+
+
+def check_data(config):
+    """Check a config's shard folder and splits (as ``train`` does before training).
+
+    Args:
+        config: A resolved config with ``data.dir`` set.
+
+    Returns:
+        ``(data_dir, manifest, train_info)``.
+
+    Raises:
+        UsageError: No folder, a missing split, or fewer train images than a batch.
+    """
+    data_dir = config["data"]["dir"]
+    if not data_dir:
+        raise UsageError("no data folder: pass --data DIR (a folder made by `kerasmlic build`)")
+    manifest = load_manifest(data_dir)
+    train_info = split_info(manifest, config["data"]["train_split"], data_dir)
+    split_info(manifest, config["data"]["val_split"], data_dir)
+    batch = config["data"]["batch_size"]
+    if config["train"]["steps_per_epoch"] is None and train_info["num_examples"] < batch:
+        raise UsageError(
+            f"split {config['data']['train_split']!r} has {train_info['num_examples']} images, "
+            f"fewer than one batch ({batch}); lower data.batch_size"
+        )
+    return data_dir, manifest, train_info
+
+
+def build_config_model(config, num_classes):
+    """Build the model a training config names, seeded by ``train.seed``.
+
+    Args:
+        config: A resolved config.
+        num_classes: Classes of the shards.
+
+    Returns:
+        An uncompiled kerasmlic model.
+    """
+    import keras
+
+    from kerasmlic.models.registry import build_model
+
+    keras.utils.set_random_seed(config["train"]["seed"])
+    return build_model(
+        config["model"]["name"],
+        num_classes=num_classes,
+        image_size=config["data"]["image_size"],
+        **config_lib.model_settings(config),
+    )
+
+
+def make_train_dataset(config, model, data_dir, train_info):
+    """The training stream ``train`` uses: repeated, with the model's targets.
+
+    Args:
+        config: A resolved config.
+        model: The model built from it (its normalisation and target kind).
+        data_dir: Shard folder.
+        train_info: ``split_info`` of the train split.
+
+    Returns:
+        ``(dataset, steps_per_epoch)``.
+    """
+    from kerasmlic.data.pipeline import make_dataset
+    from kerasmlic.training.trainer import sequence_settings
+
+    data_cfg, train_cfg = config["data"], config["train"]
+    label_order, max_labels = sequence_settings(model)
+    dataset = make_dataset(
+        data_dir,
+        data_cfg["train_split"],
+        image_size=data_cfg["image_size"],
+        batch_size=data_cfg["batch_size"],
+        training=True,
+        normalization=model.normalization,
+        label_order=label_order,
+        max_labels=max_labels,
+        seed=train_cfg["seed"],
+        shuffle_buffer=data_cfg["shuffle_buffer"],
+        repeat=True,
+    )
+    steps = train_cfg["steps_per_epoch"] or train_info["num_examples"] // data_cfg["batch_size"]
+    return dataset, steps
+
+
+def make_loss(config, train_info):
+    """Return the class-weighted BCE of ``train.class_weighting``, or None (the model's loss).
+
+    Args:
+        config: A resolved config.
+        train_info: ``split_info`` of the train split (label counts).
+
+    Returns:
+        A Keras loss or None.
+    """
+    weighting = config["train"]["class_weighting"]
+    if weighting == "none":
+        return None
+    from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
+
+    pos, cls = class_weights(
+        train_info["label_counts"],
+        train_info["num_examples"],
+        weighting,
+        max_pos_weight=config["train"]["max_pos_weight"],
+        beta=config["train"]["class_balanced_beta"],
+    )
+    return WeightedBinaryCrossentropy(pos, cls)
+
+
+def fit_verbosity(setting):
+    """Map ``train.verbose`` to ``model.fit``'s ``verbose`` (``auto``: bar on a terminal).
+
+    Args:
+        setting: ``"auto"``, 0, 1 or 2.
+
+    Returns:
+        0, 1 or 2.
+    """
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return setting
+
+
+class KerasmlicHyperModel(keras_tuner.HyperModel):
+    """Builds and trains one trial's model from the base config plus the trial's values.
+
+    Args:
+        base_config: The resolved base training config (``data.dir`` set).
+        specs: The parsed search space (:func:`kerasmlic.tuning.space.parse_space`).
+        strategy: Optional ``tf.distribute`` strategy the trial compiles under
+            (give the tuner the same one: it builds the model under it).
+        log: A ``print``-like function for progress lines.
+    """
+
+    def __init__(self, base_config, specs, *, strategy=None, log=print):
+        super().__init__(name="kerasmlic")
+        self.base_config = base_config
+        self.specs = list(specs)
+        self.strategy = strategy
+        self.log = log
+        self.data_dir, self.manifest, self.train_info = check_data(base_config)
+        self.class_names = class_names(self.manifest)
+        self._val_labels = None
+
+    def declare_hyperparameters(self, hp):
+        """Register the whole space (conditional entries included) on ``hp``.
+
+        Args:
+            hp: A ``keras_tuner.HyperParameters``.
+        """
+        space_lib.declare_space(hp, self.specs)
+
+    def config_for(self, hp):
+        """Return the training config of a trial.
+
+        Args:
+            hp: The trial's ``keras_tuner.HyperParameters``.
+
+        Returns:
+            A validated config dict.
+        """
+        space_lib.declare_space(hp, self.specs)
+        return space_lib.trial_config(self.base_config, space_lib.active_values(hp, self.specs))
+
+    def build(self, hp):
+        """Build the trial's model with the registry's factory (not compiled).
+
+        Args:
+            hp: The trial's ``keras_tuner.HyperParameters``.
+
+        Returns:
+            A kerasmlic model.
+        """
+        config = self.config_for(hp)
+        if config["train"]["mixed_precision"]:
+            import keras
+
+            # keras-tuner calls clear_session() before each build, which also
+            # resets the dtype policy; ``tune`` restores the caller's at the end.
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        return build_config_model(config, len(self.class_names))
+
+    def _predict_val(self, config):
+        from kerasmlic.data.pipeline import read_split_labels
+        from kerasmlic.evaluation.predict import predict_split
+
+        split = config["data"]["val_split"]
+        if self._val_labels is None:
+            self._val_labels = read_split_labels(self.data_dir, split)
+
+        def predict(model):
+            out = predict_split(
+                model,
+                self.data_dir,
+                split,
+                batch_size=config["evaluation"]["batch_size"],
+                labels=self._val_labels,
+            )
+            return out["y_true"], out["scores"], out["predicted"]
+
+        return predict
+
+    def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
+        """Train the trial's model; ``val_mAP`` is in the logs of every epoch.
+
+        Args:
+            hp: The trial's ``keras_tuner.HyperParameters``.
+            model: The model from :meth:`build` (Hyperband may have loaded an
+                earlier trial's weights into it).
+            *args: Unused (the data comes from the config).
+            callbacks: keras-tuner's callbacks (they run after ours, so they
+                see ``val_mAP``).
+            epochs: Last epoch (Hyperband: cumulative epochs of the trial).
+            initial_epoch: First epoch (Hyperband continues earlier trials).
+            **kwargs: ``verbose`` is honoured; others are ignored.
+
+        Returns:
+            The ``History`` (keras-tuner picks the epoch with the best ``val_mAP``).
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: The loss diverged (the trial
+                fails, the search goes on).
+        """
+        from kerasmlic.training import callbacks as cb
+        from kerasmlic.training.optim import make_optimizer
+
+        config = self.config_for(hp)
+        train_ds, steps = make_train_dataset(config, model, self.data_dir, self.train_info)
+        with contextlib.ExitStack() as stack:
+            if self.strategy is not None:
+                stack.enter_context(self.strategy.scope())
+            model.compile(
+                optimizer=make_optimizer(config["train"], steps, max(1, epochs - initial_epoch)),
+                loss=make_loss(config, self.train_info),
+                jit_compile=config["train"]["jit_compile"],
+            )
+        evaluation = cb.MultiLabelEvaluation(
+            self._predict_val(config), self.class_names, every=1, best_path=None, log=self.log
+        )
+        verbose = kwargs.get("verbose", fit_verbosity(config["train"]["verbose"]))
+        try:
+            return model.fit(
+                train_ds,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=[
+                    cb.StopOnNaN(),
+                    cb.AverageReplicaStatistics(),
+                    cb.LearningRateLogger(),
+                    evaluation,
+                    *(callbacks or []),
+                ],
+                verbose=verbose,
+                shuffle=False,
+            )
+        except cb.TrainingDiverged as e:
+            raise keras_tuner.errors.FailedTrialError(str(e)) from None

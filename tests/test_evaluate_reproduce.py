@@ -1,0 +1,213 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from helpers_data import write_tiny_coco
+from helpers_training import cli_main, tiny_shards
+
+from kerasmlic.errors import UsageError
+from kerasmlic.metrics import RESULT_KEYS
+from kerasmlic.reporting import analysis
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return tiny_shards(str(tmp_path_factory.getbasetemp() / "tiny-data"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(shards, tmp_path_factory):
+    from kerasmlic.training import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "bce"
+    config = {
+        "model": {"name": "bce"},
+        "data": {"dir": shards, "image_size": 32, "batch_size": 8},
+        "train": {"epochs": 1, "verbose": 0},
+        "evaluation": {"calibrate": True},
+        "run_dir": str(run_dir),
+    }
+    return train(config, log=lambda line: None)
+
+
+def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run):
+    from kerasmlic.metrics import evaluate_predictions
+    from kerasmlic.training.trainer import find_thresholds_layers, load_model
+
+    model = load_model(os.path.join(trained_run, "best.keras"))
+    (layer,) = find_thresholds_layers(model)
+    thresholds = layer.thresholds.numpy()
+    assert thresholds.shape == (80,) and not np.allclose(thresholds, 0.5)
+    with np.load(os.path.join(trained_run, "predictions_val.npz")) as npz:
+        y, scores, predicted = npz["y_true"], npz["scores"], npz["predicted"]
+    np.testing.assert_array_equal(predicted, (scores >= thresholds).astype(np.float32))
+    calibrated = evaluate_predictions(y, scores, predicted)
+    plain = evaluate_predictions(y, scores, thresholds=0.5)
+    f1 = [[row["F1"] for row in r["per_class"]] for r in (calibrated, plain)]
+    assert all(a >= b - 1e-9 for a, b in zip(f1[0], f1[1], strict=True))
+    assert sum(f1[0]) > sum(f1[1])
+
+
+# ------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_cli_writes_the_json_with_design_keys(trained_run, tmp_path, capsys):
+    out = tmp_path / "out" / "eval.json"
+    assert cli_main(["evaluate", trained_run, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mAP" in printed and "top-3" in printed and str(out) in printed
+    results = json.loads(out.read_text())
+    assert set(results) == set(RESULT_KEYS)
+    assert results["num_images"] == 32 and len(results["per_class"]) == 80
+    assert set(results["per_class"][0]) == {"name", "AP", "P", "R", "F1", "support"}
+    assert results["per_class"][0]["name"] == "person"
+    # Same model, same data: the figures of the training run's own evaluation.
+    during = json.loads(open(os.path.join(trained_run, "eval_val.json")).read())
+    for key in ("mAP", "OF1_top3", "CF1", "EF1"):
+        assert results[key] == pytest.approx(during[key], abs=1e-6)
+
+
+def test_evaluate_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
+    other = write_tiny_coco(tmp_path / "coco", num_images=6, num_classes=5)
+    from kerasmlic.data.build import build_split
+
+    five = str(tmp_path / "five")
+    build_split(other.annotations, other.images, "val", five, progress=False)
+    cases = [
+        (["evaluate", str(tmp_path / "nope")], "run dir"),
+        (["evaluate", str(tmp_path)], "no best.keras"),
+        (["evaluate", trained_run, "--split", "test"], "split 'test' not found"),
+        (["evaluate", trained_run, "--data", str(tmp_path / "gone")], "does not exist"),
+        (["evaluate", trained_run, "--data", five], "do not match the model's class list"),
+    ]
+    for argv, message in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def test_cooccurrence_strength_and_size_hand_worked():
+    info = {
+        "label_counts": [2, 1, 0],
+        "cooccurrence": [[2, 1, 0], [1, 1, 0], [0, 0, 0]],
+        "label_mean_area": [0.5, 0.01, 0.0],
+    }
+    strength = analysis.cooccurrence_strength(info)
+    assert strength[0] == pytest.approx(0.5) and strength[1] == pytest.approx(1.0)
+    assert np.isnan(strength[2])
+    size = analysis.object_size(info)
+    assert size[:2].tolist() == [0.5, 0.01] and np.isnan(size[2])
+
+
+def test_correlations_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = 2.0 * x + rng.normal(size=40)
+    x[3] = x[7]  # a tie
+    assert analysis.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
+    assert analysis.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+    rho, p = analysis.permutation_p_value(x, y, permutations=500)
+    assert rho == pytest.approx(stats.spearmanr(x, y)[0]) and p < 0.01
+    _, p_null = analysis.permutation_p_value(x, rng.normal(size=40), permutations=500)
+    assert p_null > 0.01
+
+
+def test_gain_analysis_finds_a_planted_relation():
+    c = 30
+    rng = np.random.default_rng(1)
+    counts = rng.integers(5, 50, c)
+    cooc = np.diag(counts).astype(float)
+    others = rng.uniform(0.2, 3.0, c)  # mean other labels per image
+    cooc[np.arange(c), (np.arange(c) + 1) % c] = others * counts
+    info = {
+        "label_counts": counts.tolist(),
+        "cooccurrence": cooc.tolist(),
+        "label_mean_area": rng.uniform(0.001, 0.3, c).tolist(),
+    }
+    base = rng.uniform(0.2, 0.6, c)
+    gain = 0.05 * others  # the planted effect: more co-occurrence, more gain
+
+    def results(ap):
+        return {"per_class": [{"AP": float(a)} for a in ap]}
+
+    out = analysis.gain_analysis(results(base + gain), results(base), info, permutations=300)
+    assert out["num_classes"] == c and out["classes_improved"] == c
+    assert out["cooccurrence_stats"]["rho"] == pytest.approx(1.0)
+    assert out["cooccurrence_stats"]["p"] < 0.01
+    assert abs(out["size_stats"]["rho"]) < 0.5
+
+
+# ------------------------------------------------------------------ reproduce
+
+
+def check_report(out, models):
+    text = open(os.path.join(out, "results.md")).read()
+    for name in models:
+        assert f"(`{name}`)" in text
+        assert os.path.isfile(os.path.join(out, name, "eval_val.json"))
+    assert "| model | P | R | F1 | mAP | CF1 | OF1 |" in text
+    for png in ("pr_curves.png", "training_curves.png", "per_class_ap.png", "ap_gain_analysis.png"):
+        path = os.path.join(out, png)
+        assert os.path.getsize(path) > 5000, png
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "Spearman" in text and "## The study's ordering" in text
+    return text
+
+
+def test_reproduce_cli_on_tiny_data(shards, tmp_path):
+    out = str(tmp_path / "rep")
+    argv = ["reproduce", "--data", shards, "--models", "bce,rnn_hidden", "--epochs", "1"]
+    argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
+    argv += ["--set", "train.verbose=0"]
+    assert cli_main(argv) == 0
+    text = check_report(out, ["bce", "rnn_hidden"])
+    assert "Binary cross entropy (`bce`)" in text
+    # A second call reuses the finished runs instead of training again.
+    before = os.path.getmtime(os.path.join(out, "bce", "best.keras"))
+    assert cli_main(argv) == 0
+    assert os.path.getmtime(os.path.join(out, "bce", "best.keras")) == before
+
+
+def test_reproduce_rejects_unknown_models(shards, tmp_path):
+    from kerasmlic.reproduce import reproduce
+
+    with pytest.raises(UsageError, match="unknown model"):
+        reproduce(shards, models=["bce", "vgg_magic"], out=str(tmp_path))
+    with pytest.raises(UsageError, match="does not exist"):
+        reproduce(str(tmp_path / "none"), models=["bce"], out=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_reproduce_three_models_two_epochs(shards, tmp_path):
+    from kerasmlic.reproduce import reproduce
+
+    out = str(tmp_path / "rep3")
+    models = ["warp", "bce", "seq2seq_attention"]
+    report = reproduce(
+        shards,
+        models=models,
+        epochs=2,
+        out=out,
+        overrides=["data.image_size=32", "data.batch_size=8", "train.verbose=0"],
+        log=lambda line: None,
+    )
+    check_report(out, models)
+    assert report["ordering_holds"] in (True, False)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    from kerasmlic.demo import run_demo
+
+    out = run_demo(workdir=str(tmp_path / "data"))
+    # Well above what BCE reaches after its first epoch on the built-in data (about 0.22).
+    assert out["results"]["mAP"] > 0.40
+    for path in out["plots"].values():
+        assert os.path.getsize(path) > 5000
+    assert os.path.isfile(os.path.join(out["run_dir"], "eval_val.json"))
