@@ -56,6 +56,8 @@ def start_worker(config, weights_out, log_path, *, ports=None, index=0, extra_en
     env.pop("TF_CONFIG", None)
     if ports is not None:
         env["TF_CONFIG"] = tf_config(ports, index)
+    # A SIGKILLed worker cannot delete its temporary folder: keep it in the test's tmp.
+    env["TMPDIR"] = os.path.dirname(os.path.abspath(log_path))
     env.update(extra_env or {})
     log = open(log_path, "w")  # noqa: SIM115  (closed by the child's exit; kept for the test)
     return subprocess.Popen(

@@ -26,7 +26,7 @@ from kerasmlic.errors import UsageError
 from kerasmlic.export import export_saved_model
 from kerasmlic.export import saved_model as sm
 from kerasmlic.export.rest import request_body
-from kerasmlic.export.serving import rank_labels
+from kerasmlic.export.serving import decode_batch, rank_labels
 from kerasmlic.models.base import Thresholds
 from kerasmlic.models.registry import build_model
 
@@ -144,6 +144,20 @@ def test_rank_labels_hand_worked_eager_and_in_tf_data():
     assert empty["label_ids"].shape == (0, 0) and empty["num_labels"].shape == (0,)
 
 
+def test_decode_batch_eager_and_in_tf_data():
+    pixels = _images(seed=6, n=3)
+    encoded = [_png(p) for p in pixels]
+    expected = np.stack([np.asarray(resize_image(tf.constant(p), SIZE)) for p in pixels])
+    eager = decode_batch(tf.constant(encoded), SIZE)
+    assert eager.shape == (3, SIZE, SIZE, 3) and eager.dtype == tf.float32
+    np.testing.assert_array_equal(eager.numpy(), expected)
+    ds = tf.data.Dataset.from_tensor_slices(encoded).batch(3)
+    (mapped,) = list(ds.map(lambda b: decode_batch(b, SIZE)))
+    np.testing.assert_array_equal(mapped.numpy(), expected)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is not a JPEG"):
+        decode_batch(tf.constant([encoded[0], encoded[1], b"GIF? no"]), SIZE)
+
+
 # --- layout, versions, assets -----------------------------------------------
 
 
@@ -173,6 +187,9 @@ def test_layout_versions_and_assets(exports, tmp_path):
     os.makedirs(os.path.join(base, "notes"))
     path = export_saved_model(model, base, class_names=CLASS_NAMES, explain=False)
     assert os.path.basename(path) == "8"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     with pytest.raises(UsageError, match="already exists"):
         export_saved_model(model, base, class_names=CLASS_NAMES, version=8)
     for bad in (0, -2, "3", 2.0):

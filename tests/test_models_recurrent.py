@@ -8,6 +8,7 @@ from helpers_models import learns_tiny_task, run_model_battery, tiny_dataset
 
 from kerasmlic.data.sequences import END, NUM_SPECIAL, PAD, START
 from kerasmlic.errors import UsageError
+from kerasmlic.models.recurrent import region_pool_size
 from kerasmlic.models.registry import build_model
 
 # Small enough for 2 CPU cores; max_labels matches the helper datasets (4).
@@ -188,3 +189,20 @@ def test_mismatched_sequence_length_is_a_usage_error():
     model.compile(optimizer="adam")
     with pytest.raises(UsageError, match="max_labels=3"):
         model.fit(tiny_dataset(8, with_sequences=True, max_labels=4), epochs=1, verbose=0)
+
+
+def test_region_pool_size():
+    assert region_pool_size(7, 7, 49) == 1
+    assert region_pool_size(14, 14, 49) == 2  # 196 regions -> 7x7
+    assert region_pool_size(7, 7, 16) == 2  # -> 4x4 (padding "same")
+    assert region_pool_size(5, 3, 4) == 3  # 2: 3x2 = 6 > 4; 3: 2x1
+    assert region_pool_size(1, 1, 1) == 1
+
+
+def test_max_regions_pools_the_attended_map():
+    model = _model("seq2seq_attention", max_regions=4)
+    assert model.region_grid == (2, 2)  # the tiny encoder's 4x4 map, pooled by 2
+    assert _model("seq2seq").region_grid == (4, 4)
+    assert _model("rnn_hidden").region_grid is None
+    attention = model(_images(2), training=False)["attention"]
+    assert attention.shape == (2, TINY["max_labels"] + 1, 4)

@@ -115,7 +115,7 @@ def test_export_run_writes_version_metrics_and_refuses_overwrite(runs, exported,
     assert "positive integer" in capsys.readouterr().err
 
 
-def test_predict_text_skips_bad_files_and_exits_2(exported, images, capsys):
+def test_predict_text_skips_bad_files_and_exits_2(runs, exported, images, capsys):
     good = images["good"]
     paths = [good[0], images["missing"], images["bad"], good[1], good[2]]
     args = _parser().parse_args(["predict", exported, *paths])
@@ -135,6 +135,12 @@ def test_predict_text_skips_bad_files_and_exits_2(exported, images, capsys):
         scores = [float(item.split(" ")[1]) for item in line.split(": ", 1)[1].split(", ")]
         assert scores == sorted(scores, reverse=True) and len(names) == len(set(names))
     assert predict_files(exported, good) == 0
+    capsys.readouterr()
+    # A bare .keras file: class names from the dataset.json beside it.
+    assert predict_files(os.path.join(runs["bce"], "best.keras"), good[:1]) == 0
+    from_keras = capsys.readouterr().out.strip()
+    labels = lambda line: [item.split(" ")[0] for item in line.split(": ", 1)[1].split(", ")]  # noqa: E731
+    assert labels(from_keras) == labels(lines[0])
 
 
 def test_json_from_saved_model_matches_run_dir_and_keras(runs, exported, images, capsys):

@@ -274,6 +274,11 @@ def export_saved_model(model, out_dir, *, class_names, version=None, metadata=No
             f.write("\n")
         if os.path.exists(final):
             raise UsageError(f"{final!r} appeared during the export; not overwriting it")
+        # mkdtemp makes the folder private (0700); a server running as another
+        # user must be able to read the version folder.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

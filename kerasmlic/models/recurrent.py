@@ -9,12 +9,13 @@ one label token per step (vocabulary of :mod:`kerasmlic.data.sequences`):
   is the decoder's first input from a zero state (Show and Tell); the state
   after reading it starts the label decoding.
 - ``seq2seq``: the feature map is read as a sequence of H'·W' regions (row
-  major, each projected to ``hidden_dim``) by an encoder RNN; its final state
-  starts the decoder.
+  major, each projected to ``hidden_dim``; maps with more than
+  ``max_regions`` regions are average-pooled first) by an encoder RNN; its
+  final state starts the decoder.
 - ``seq2seq_attention``: as ``seq2seq``, and at every step the decoder attends
   over the encoder states with Bahdanau (additive) attention
   (:class:`AdditiveAttention`); the weights are the ``attention`` output
-  ``(B, max_labels + 1, H'·W')``.
+  ``(B, max_labels + 1, R)`` over the R regions.
 
 Inference (the functional graph: ``model(images)``, ``predict``, export)
 decodes in the graph (:mod:`kerasmlic.models.decoding`): greedy or beam
@@ -31,6 +32,8 @@ first decodes (no gradient) and reorders the targets to the predictions.
 Compiled metrics see ``(multi_hot, scores)``: in ``fit`` the scores of the
 teacher-forced pass, in ``evaluate`` the decoded scores (as at inference).
 """
+
+import math
 
 import keras
 import tensorflow as tf
@@ -108,7 +111,10 @@ class AdditiveAttention(layers.Layer):
         query = ops.expand_dims(self.query_dense(query), 1)
         energy = ops.squeeze(self.score_dense(ops.tanh(keys + query)), -1)
         weights = ops.softmax(ops.cast(energy, "float32"), axis=-1)
-        context = ops.sum(ops.expand_dims(ops.cast(weights, memory.dtype), -1) * memory, axis=1)
+        # (B, 1, R) @ (B, R, M): a batched matmul, not a (B, R, M) product then a sum.
+        context = ops.squeeze(
+            ops.matmul(ops.expand_dims(ops.cast(weights, memory.dtype), 1), memory), 1
+        )
         return context, weights
 
     def call(self, query, memory):
@@ -318,7 +324,7 @@ class _Parts:
 
 def _check_options(num_classes, options):
     """Raise UsageError for an invalid recurrent-model option value."""
-    for name in ("embedding_dim", "hidden_dim", "max_labels", "beam_width"):
+    for name in ("embedding_dim", "hidden_dim", "max_labels", "beam_width", "max_regions"):
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"option {name} must be a positive integer, got {value!r}")
@@ -375,6 +381,9 @@ class RecurrentModel(MultiLabelModel):
             :data:`PLA_PIPELINE_ORDER`).
         decoding: ``"greedy"`` or ``"beam"``.
         beam_width: Beams for ``decoding="beam"`` (at most C + 1).
+        max_regions: ``seq2seq`` models: a feature map with more regions is
+            average-pooled until it has at most this many (default 49: a
+            7x7 map, a 224-px image on a stride-32 backbone, is read whole).
         name: Model name.
         **kwargs: Passed to ``keras.Model``.
     """
@@ -398,6 +407,7 @@ class RecurrentModel(MultiLabelModel):
         label_order="frequent_first",
         decoding="greedy",
         beam_width=3,
+        max_regions=49,
         name=None,
         **kwargs,
     ):
@@ -412,12 +422,13 @@ class RecurrentModel(MultiLabelModel):
                 "label_order": label_order,
                 "decoding": decoding,
                 "beam_width": beam_width,
+                "max_regions": max_regions,
             },
         )
         enc = build_encoder(
             encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
         )
-        decoder_inputs = _DecoderInputs(self.variant, cell, embedding_dim, hidden_dim)
+        decoder_inputs = _DecoderInputs(self.variant, cell, embedding_dim, hidden_dim, max_regions)
         decoder = LabelDecoder(
             num_classes,
             cell=cell,
@@ -449,12 +460,21 @@ class RecurrentModel(MultiLabelModel):
             label_order=label_order,
             decoding=decoding,
             beam_width=beam_width,
+            max_regions=max_regions,
         )
 
     @property
     def max_labels(self):
         """Label capacity; the pipeline's sequences must have ``max_labels + 2`` tokens."""
         return self._kerasmlic_config["max_labels"]
+
+    @property
+    def region_grid(self):
+        """``(rows, cols)`` of the regions ``seq2seq`` models read (and attend over), else None.
+
+        The ``attention`` output's last axis is these regions, row major.
+        """
+        return self._parts.decoder_inputs.grid
 
     @property
     def label_order(self):
@@ -583,6 +603,27 @@ class RecurrentModel(MultiLabelModel):
         return self.compute_metrics(x, y, decoded, sample_weight=sample_weight)
 
 
+def region_pool_size(height, width, max_regions):
+    """Return the average-pooling size that brings a feature map to at most ``max_regions``.
+
+    The region encoder runs one step per region, so its cost and the length
+    of the sequence it must remember grow with the map; a 448-px image on a
+    stride-32 backbone gives 196 regions, pooled by 2 to 49.
+
+    Args:
+        height: Feature-map height H'.
+        width: Feature-map width W'.
+        max_regions: The cap.
+
+    Returns:
+        The smallest pool size p >= 1 with ``ceil(H'/p) * ceil(W'/p) <= max_regions``.
+    """
+    pool = 1
+    while math.ceil(height / pool) * math.ceil(width / pool) > max_regions:
+        pool += 1
+    return pool
+
+
 class _DecoderInputs:
     """Maps the encoder outputs to the :class:`LabelDecoder` inputs, per variant.
 
@@ -595,10 +636,15 @@ class _DecoderInputs:
         cell: ``"gru"`` or ``"lstm"``.
         embedding_dim: Label-embedding size.
         hidden_dim: Recurrent state size.
+        max_regions: Cap on the regions the region encoder reads (see
+            :func:`region_pool_size`).
     """
 
-    def __init__(self, variant, cell, embedding_dim, hidden_dim):
+    def __init__(self, variant, cell, embedding_dim, hidden_dim, max_regions):
         self.variant = variant
+        self.max_regions = max_regions
+        self.region_pool = None
+        self.grid = None
         if variant == "hidden":
             names = ("init_h", "init_c")[: _num_states(cell)]
             self.projections = [
@@ -624,7 +670,14 @@ class _DecoderInputs:
             return {"states": [dense(pooled) for dense in self.projections]}
         if self.variant == "input":
             return {"first_input": self.image_embedding(pooled)}
+        _, height, width, _ = feature_map.shape
+        pool = region_pool_size(height, width, self.max_regions)
+        if pool > 1:
+            if self.region_pool is None:  # created on the functional build, reused after
+                self.region_pool = layers.AveragePooling2D(pool, padding="same", name="region_pool")
+            feature_map = self.region_pool(feature_map)
         _, height, width, channels = feature_map.shape
+        self.grid = (height, width)
         regions = ops.reshape(feature_map, (-1, height * width, channels))
         encoded = self.region_encoder(self.region_projection(regions), training=training)
         inputs = {"states": list(encoded[1:])}

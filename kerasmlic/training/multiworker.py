@@ -168,7 +168,10 @@ def _plain_predict_fn(data_dir, split, batch_size):
     def predict(model):
         # One trace per model, reused by every evaluation epoch.
         if traced.get("model") is not model:
-            traced.update(model=model, forward=tf.function(lambda x: model(x, training=False)))
+            traced.update(
+                model=model,
+                forward=tf.function(lambda x: model(x, training=False), autograph=False),
+            )
         forward = traced["forward"]
         ds = make_dataset(
             data_dir,
