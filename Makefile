@@ -32,6 +32,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/build_memory.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/metrics_speed.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/multiworker.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,7 +44,7 @@ def demo_config(shard_dir, run_dir):
     return load_config(path, **{"data.dir": shard_dir, "run_dir": run_dir})
 
 
-def run_demo(workdir="data", seed=0):
+def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "demo")):
     """Synthesise the built-in dataset, build its shards, train, evaluate, plot.
 
     A finished demo run from an earlier call is replaced; an interrupted one
@@ -54,10 +54,13 @@ def run_demo(workdir="data", seed=0):
         workdir: Folder for the dataset (``synth``), shards (``synth-shards``)
             and the run (``demo-run``).
         seed: Seed of the built-in dataset.
+        export_dir: TF Serving model folder the demo exports to (replaced on
+            each run; the model lands in ``EXPORT_DIR/1``).
 
     Returns:
         A dict: ``synth_dir``, ``shard_dir``, ``run_dir``, ``results`` (the
-        metric dict), ``plots`` (name → path), ``seconds``.
+        metric dict), ``plots`` (name → path), ``export`` (SavedModel path),
+        ``seconds``.
     """
     from kerasmlic.data.build import build_split, format_summary
     from kerasmlic.data.synth import synthesize
@@ -66,7 +69,7 @@ def run_demo(workdir="data", seed=0):
     synth_dir = os.path.join(workdir, "synth")
     shard_dir = os.path.join(workdir, "synth-shards")
     run_dir = os.path.join(workdir, "demo-run")
-    print(f"[1/5] synth: built-in COCO-format dataset → {synth_dir}", flush=True)
+    print(f"[1/7] synth: built-in COCO-format dataset → {synth_dir}", flush=True)
     summary = synthesize(synth_dir, seed=seed)
     splits = summary.get("splits", {})
     print(
@@ -76,7 +79,7 @@ def run_demo(workdir="data", seed=0):
         f"contact sheet {summary.get('contact_sheet')}",
         flush=True,
     )
-    print(f"[2/5] build: COCO → TFRecord shards → {shard_dir}", flush=True)
+    print(f"[2/7] build: COCO → TFRecord shards → {shard_dir}", flush=True)
     for split in ("train", "val"):
         built = build_split(
             os.path.join(synth_dir, "annotations", f"instances_{split}.json"),
@@ -94,7 +97,7 @@ def run_demo(workdir="data", seed=0):
     if is_finished(run_dir):
         shutil.rmtree(run_dir)  # the demo owns this folder; start a fresh run
     print(
-        f"[3/5] train: {config['model']['name']} on the {config['model'].get('encoder', 'tiny')} "
+        f"[3/7] train: {config['model']['name']} on the {config['model'].get('encoder', 'tiny')} "
         f"encoder, {config['train']['epochs']} epochs → {run_dir}",
         flush=True,
     )
@@ -107,7 +110,7 @@ def run_demo(workdir="data", seed=0):
 
     from kerasmlic.evaluation import evaluate_run
 
-    print("[4/5] evaluate: best model on the val split", flush=True)
+    print("[4/7] evaluate: best model on the val split", flush=True)
     results = evaluate_run(run_dir, shard_dir, "val", log=None)
     from kerasmlic.evaluation.evaluate import format_table
 
@@ -115,7 +118,7 @@ def run_demo(workdir="data", seed=0):
 
     from kerasmlic.reporting.results import write_report
 
-    print("[5/5] report: plots", flush=True)
+    print("[5/7] report: plots", flush=True)
     report = write_report(
         [run_dir],
         shard_dir,
@@ -123,20 +126,39 @@ def run_demo(workdir="data", seed=0):
         command="kerasmlic demo",
         title=f"kerasmlic demo: {config['model']['name']} on the built-in dataset",
     )
+    print(f"      report: {report['results']}; eval JSON: {os.path.join(run_dir, 'eval_val.json')}")
+    export_path = _export_and_predict(run_dir, synth_dir, export_dir)
     seconds = time.time() - start
     print(
         f"done in {seconds / 60:.1f} min: val mAP {100 * results['mAP']:.1f}, "
-        f"F1@3 {100 * results['OF1_top3']:.1f}",
+        f"F1@3 {100 * results['OF1_top3']:.1f}; plots:",
         flush=True,
     )
     for name, path in report["plots"].items():
         print(f"      {name}: {path}", flush=True)
-    print(f"      report: {report['results']}; eval JSON: {os.path.join(run_dir, 'eval_val.json')}")
     return {
         "synth_dir": synth_dir,
         "shard_dir": shard_dir,
         "run_dir": run_dir,
         "results": results,
         "plots": report["plots"],
+        "export": export_path,
         "seconds": seconds,
     }
+
+
+def _export_and_predict(run_dir, synth_dir, export_dir, num_images=3):
+    """Export the demo run for TF Serving and label a few val images with it."""
+    from kerasmlic.export import export_run
+    from kerasmlic.predict import predict_files
+
+    print(f"[6/7] export: TF Serving SavedModel → {export_dir}", flush=True)
+    if os.path.isdir(export_dir):
+        shutil.rmtree(export_dir)  # the demo owns this folder: always version 1
+    path = export_run(run_dir, export_dir, version=1, explain=False)
+    print(f"      {path} (signature serving_default: image_bytes → scores, labels)", flush=True)
+    val_dir = os.path.join(synth_dir, "val")
+    images = sorted(os.listdir(val_dir))[:num_images]
+    print(f"[7/7] predict: {num_images} val images with the exported model", flush=True)
+    predict_files(export_dir, [os.path.join(val_dir, name) for name in images])
+    return path
