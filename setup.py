@@ -21,6 +21,7 @@ setup(
         "pyyaml>=6.0,<7",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
+        "tensorboard>=2.20,<2.22",
     ],
     extras_require={
         "test": [

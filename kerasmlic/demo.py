@@ -15,9 +15,15 @@ DEMO_MODEL = "seq2seq_attention"
 # Used when experiments/seq2seq_attention.yaml is not there (an installed
 # package without the repository); keep in step with that file.
 FALLBACK_CONFIG = {
-    "model": {"name": DEMO_MODEL, "encoder": "tiny", "embedding_dim": 64, "hidden_dim": 128},
+    "model": {
+        "name": DEMO_MODEL,
+        "encoder": "tiny",
+        "embedding_dim": 64,
+        "hidden_dim": 128,
+        "max_regions": 64,
+    },
     "data": {"image_size": 64, "batch_size": 32},
-    "train": {"epochs": 8, "learning_rate": 2e-3, "warmup_epochs": 0.5},
+    "train": {"epochs": 12, "learning_rate": 2e-3, "warmup_epochs": 0.5},
 }
 
 
