@@ -112,7 +112,8 @@ def test_two_workers_match_each_other_and_single_process(shards, tmp_path):
     np.testing.assert_allclose(losses, single_losses, rtol=LOSS_RTOL)
 
 
-@pytest.mark.slow  # about 140 s on 2 shared cores: four worker start-ups
+# In the default run (issue "Scale-out" asks for both two-worker tests in CI):
+# about 90-140 s on 2 cores, four worker start-ups.
 def test_killed_worker_resumes_from_last_checkpoint(shards, tmp_path):
     config = _config(shards, tmp_path / "run", epochs=3)
     procs = []

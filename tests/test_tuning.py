@@ -523,3 +523,88 @@ def test_cli_tune_usage_errors_exit_2_with_one_line(shards, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_tune.main([bad, "--data", shards, "--overwrite", "--resume"])
     assert exc.value.code == 2
+
+
+# --- a tuned model, exported, answers TF Serving-style clients ---------------------------
+
+_PLAIN_TF_SCRIPT = """
+import sys
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "kerasmlic":
+            raise ImportError("kerasmlic is blocked in this process")
+
+sys.meta_path.insert(0, _Block())
+import numpy as np
+import tensorflow as tf
+
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+data = [open(p, "rb").read() for p in sys.argv[3:]]
+out = serve(image_bytes=tf.constant(data))
+np.savez(sys.argv[2], **{k: v.numpy() for k, v in out.items()})
+assert not [m for m in sys.modules if m.split(".")[0] == "kerasmlic"]
+"""
+
+
+def test_tuned_model_exports_and_serves_without_kerasmlic(shards, tmp_path):
+    import tensorflow as tf
+
+    from kerasmlic.data.manifest import shard_paths
+    from kerasmlic.data.preprocessing import normalize, resize_image
+    from kerasmlic.data.schema import parse_example
+    from kerasmlic.export import export_run, load_run
+
+    space = {"model.dropout": {"choice": [0.0, 0.2]}}
+    out = search.tune(
+        _config(space, tuner="random", max_trials=1, epochs=1),
+        data_dir=shards,
+        directory=str(tmp_path),
+        project_name="serve",
+        log=lambda line: None,
+    )
+    path = export_run(out["best_run_dir"], str(tmp_path / "saved" / "tuned"), explain=False)
+    assert os.path.basename(path) == "1"
+
+    # Three val JPEGs exactly as stored in the shards, and the Keras model's scores.
+    records = tf.data.TFRecordDataset(shard_paths(shards, "val")).take(3)
+    encoded = [parse_example(r)["image/encoded"].numpy() for r in records]
+    files = []
+    for i, data in enumerate(encoded):
+        files.append(str(tmp_path / f"img{i}.jpg"))
+        with open(files[-1], "wb") as f:
+            f.write(data)
+    model = load_run(out["best_run_dir"])["model"]
+    pixels = tf.stack([resize_image(tf.io.decode_jpeg(d, channels=3), 32) for d in encoded])
+    expected = model.predict(normalize(pixels, model.normalization), verbose=0)["scores"]
+
+    bin_dir = os.path.dirname(sys.executable)
+    np.save(tmp_path / "in.npy", np.array(encoded, dtype=object))
+    cli = subprocess.run(
+        [
+            os.path.join(bin_dir, "saved_model_cli"), "run", "--dir", path,
+            "--tag_set", "serve", "--signature_def", "serving_default",
+            "--inputs", f"image_bytes={tmp_path / 'in.npy'}", "--outdir", str(tmp_path / "cli"),
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    cli_scores = np.load(tmp_path / "cli" / "scores.npy")
+
+    script = tmp_path / "plain_tf.py"
+    script.write_text(_PLAIN_TF_SCRIPT)
+    plain = subprocess.run(
+        [sys.executable, "-I", str(script), path, str(tmp_path / "plain.npz"), *files],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    served = np.load(tmp_path / "plain.npz")
+
+    # Same decoded pixels on both sides: scores agree to float32 round-off.
+    np.testing.assert_allclose(served["scores"], expected, atol=1e-5)
+    np.testing.assert_allclose(cli_scores, expected, atol=1e-5)
+    assert served["scores"].shape == (3, 5)
+    labels = zip(served["scores"], served["label_ids"], served["num_labels"], strict=True)
+    for row, ids, n in labels:
+        kept = ids[:n]
+        assert (kept >= 0).all() and list(row[kept]) == sorted(row[kept], reverse=True)
