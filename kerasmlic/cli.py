@@ -9,32 +9,13 @@ import os
 import sys
 import traceback
 
+from kerasmlic.cli_args import non_negative_int, positive_int
 from kerasmlic.errors import UsageError
 
 
 def _quiet_tensorflow():
     # TF's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the CLI's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def cmd_synth(args):
@@ -80,9 +61,9 @@ def build_parser():
 
     p = sub.add_parser("synth", help="write the built-in COCO-format dataset")
     p.add_argument("out", help="output folder")
-    p.add_argument("--train", type=_non_negative_int, default=4000, help="train images")
-    p.add_argument("--val", type=_non_negative_int, default=1000, help="val images")
-    p.add_argument("--image-size", type=_positive_int, default=64, help="image side in pixels")
+    p.add_argument("--train", type=non_negative_int, default=4000, help="train images")
+    p.add_argument("--val", type=non_negative_int, default=1000, help="val images")
+    p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_synth)
 
@@ -91,9 +72,9 @@ def build_parser():
     p.add_argument("--images", required=True, help="folder of the split's images")
     p.add_argument("--split", required=True, help="split name, e.g. train or val")
     p.add_argument("--out", required=True, help="shard folder (shared by the splits)")
-    p.add_argument("--shards", type=_positive_int, default=None, help="number of shards")
-    p.add_argument("--max-side", type=_positive_int, default=None, help="downscale larger images")
-    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
+    p.add_argument("--shards", type=positive_int, default=None, help="number of shards")
+    p.add_argument("--max-side", type=positive_int, default=None, help="downscale larger images")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
     p.add_argument("--keep-empty", action="store_true", help="keep images with no label")
     p.add_argument("--strict", action="store_true", help="fail on any skipped image")
     p.set_defaults(func=cmd_build)

@@ -8,15 +8,7 @@ handlers raise :class:`~kerasmlic.errors.UsageError` for bad input, which
 
 import argparse
 
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from kerasmlic.cli_args import positive_int
 
 
 def add_train_parser(sub):
@@ -41,9 +33,9 @@ def add_train_parser(sub):
     p.add_argument("--data", default=None, help="shard folder made by `kerasmlic build`")
     p.add_argument("--model", default=None, help="registry name, e.g. seq2seq_attention")
     p.add_argument("--backbone", default=None, help="encoder, e.g. tiny or resnet50")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
-    p.add_argument("--image-size", type=_positive_int, default=None, help="input side in px")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    p.add_argument("--image-size", type=positive_int, default=None, help="input side in px")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/MODEL)")
     p.add_argument(
         "--set",
@@ -111,7 +103,7 @@ def add_evaluate_parser(sub):
     p.add_argument("--data", default=None, help="shard folder (default: the run's)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--json", default=None, help="output JSON (default RUN_DIR/eval_SPLIT.json)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="prediction batch")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="prediction batch")
     p.set_defaults(func=cmd_evaluate)
     return p
 
@@ -145,7 +137,7 @@ def add_reproduce_parser(sub):
     )
     p.add_argument("--data", required=True, help="shard folder made by `kerasmlic build`")
     p.add_argument("--models", default=None, help="comma-separated registry names")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="override every config")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override every config")
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce)")
     p.add_argument(
         "--set",

@@ -2,15 +2,7 @@
 
 import argparse
 
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from kerasmlic.cli_args import positive_int
 
 
 def add_tune_parser(sub):
@@ -45,13 +37,13 @@ def add_tune_parser(sub):
     )
     p.add_argument(
         "--max-trials",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="trials to run (random/bayesian); a cap on Hyperband's schedule",
     )
     p.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="epochs per trial (hyperband: the most any trial gets)",
     )
