@@ -234,7 +234,7 @@ def train_multiworker(config, *, log=print):
     name = config["model"]["name"]
     if train_cfg["class_weighting"] != "none" and name not in trainer._BCE_MODELS:
         raise UsageError(f"train.class_weighting applies to the bce model only, not {name!r}")
-    data_dir, manifest, train_info = trainer._check_data(config)
+    data_dir, manifest, train_info = trainer.check_data(config)
     config["run_dir"] = config["run_dir"] or trainer.default_run_dir(config)
     # Checks above run no TF op: collective ops must be configured before the first.
     strategy = make_strategy()
@@ -312,7 +312,7 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     with strategy.scope():
         model.compile(
             optimizer=make_optimizer(train_cfg, steps_per_epoch, epochs),
-            loss=trainer._class_weighted_loss(config, train_info),
+            loss=trainer.class_weighted_loss(config, train_info),
         )
         optimizer = model.optimizer
         optimizer.build(model.trainable_variables)

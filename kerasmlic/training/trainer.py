@@ -48,7 +48,15 @@ def default_run_dir(config):
     return os.path.join("runs", config["model"]["name"])
 
 
-def _verbose(setting):
+def fit_verbosity(setting):
+    """Map ``train.verbose`` to ``model.fit``'s ``verbose`` (``auto``: bar on a terminal).
+
+    Args:
+        setting: ``"auto"``, 0, 1 or 2.
+
+    Returns:
+        0, 1 or 2.
+    """
     if setting == "auto":
         return 1 if sys.stdout.isatty() else 2
     return setting
@@ -118,7 +126,16 @@ def _fit_metrics(num_classes):
     return default_fit_metrics(num_classes)
 
 
-def _class_weighted_loss(config, train_info):
+def class_weighted_loss(config, train_info):
+    """Return the class-weighted BCE of ``train.class_weighting``, or None (the model's loss).
+
+    Args:
+        config: A resolved config.
+        train_info: ``split_info`` of the train split (label counts).
+
+    Returns:
+        A Keras loss or None.
+    """
     weighting = config["train"]["class_weighting"]
     if weighting == "none":
         return None
@@ -134,7 +151,18 @@ def _class_weighted_loss(config, train_info):
     return WeightedBinaryCrossentropy(pos, cls)
 
 
-def _check_data(config):
+def check_data(config):
+    """Check a config's shard folder and splits before any training.
+
+    Args:
+        config: A resolved config with ``data.dir`` set.
+
+    Returns:
+        ``(data_dir, manifest, train_info)``.
+
+    Raises:
+        UsageError: No folder, a missing split, or fewer train images than a batch.
+    """
     data_dir = config["data"]["dir"]
     if not data_dir:
         raise UsageError("no data folder: pass --data DIR (a folder made by `kerasmlic build`)")
@@ -181,7 +209,7 @@ def train(config, *, log=print):
             f"train.class_weighting applies to the {', '.join(_BCE_MODELS)} model only, "
             f"not {name!r}"
         )
-    data_dir, manifest, train_info = _check_data(config)
+    data_dir, manifest, train_info = check_data(config)
     config["run_dir"] = config["run_dir"] or default_run_dir(config)
 
     import keras
@@ -270,10 +298,10 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
         log=log,
         final_epoch=train_cfg["epochs"],
     )
-    loss = _class_weighted_loss(config, train_info)
+    loss = class_weighted_loss(config, train_info)
     state = rundir.read_state(paths.root)
     phases = _phases(train_cfg, options)
-    verbose = _verbose(train_cfg["verbose"])
+    verbose = fit_verbosity(train_cfg["verbose"])
     for index, (first, last, trainable) in enumerate(phases):
         if index < state["phases_done"]:
             continue

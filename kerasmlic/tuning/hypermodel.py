@@ -16,13 +16,12 @@ best config is trained with ``kerasmlic train``.
 """
 
 import contextlib
-import sys
 
 import keras_tuner
 
 from kerasmlic import config as config_lib
-from kerasmlic.data.manifest import class_names, load_manifest, split_info
-from kerasmlic.errors import UsageError
+from kerasmlic.data.manifest import class_names
+from kerasmlic.training.trainer import check_data, class_weighted_loss, fit_verbosity
 from kerasmlic.tuning import space as space_lib
 
 OBJECTIVE = "val_mAP"
@@ -36,33 +35,6 @@ def objective():
         A ``keras_tuner.Objective``.
     """
     return keras_tuner.Objective(OBJECTIVE, direction="max")
-
-
-def check_data(config):
-    """Check a config's shard folder and splits (as ``train`` does before training).
-
-    Args:
-        config: A resolved config with ``data.dir`` set.
-
-    Returns:
-        ``(data_dir, manifest, train_info)``.
-
-    Raises:
-        UsageError: No folder, a missing split, or fewer train images than a batch.
-    """
-    data_dir = config["data"]["dir"]
-    if not data_dir:
-        raise UsageError("no data folder: pass --data DIR (a folder made by `kerasmlic build`)")
-    manifest = load_manifest(data_dir)
-    train_info = split_info(manifest, config["data"]["train_split"], data_dir)
-    split_info(manifest, config["data"]["val_split"], data_dir)
-    batch = config["data"]["batch_size"]
-    if config["train"]["steps_per_epoch"] is None and train_info["num_examples"] < batch:
-        raise UsageError(
-            f"split {config['data']['train_split']!r} has {train_info['num_examples']} images, "
-            f"fewer than one batch ({batch}); lower data.batch_size"
-        )
-    return data_dir, manifest, train_info
 
 
 def build_config_model(config, num_classes):
@@ -120,45 +92,6 @@ def make_train_dataset(config, model, data_dir, train_info):
     )
     steps = train_cfg["steps_per_epoch"] or train_info["num_examples"] // data_cfg["batch_size"]
     return dataset, steps
-
-
-def make_loss(config, train_info):
-    """Return the class-weighted BCE of ``train.class_weighting``, or None (the model's loss).
-
-    Args:
-        config: A resolved config.
-        train_info: ``split_info`` of the train split (label counts).
-
-    Returns:
-        A Keras loss or None.
-    """
-    weighting = config["train"]["class_weighting"]
-    if weighting == "none":
-        return None
-    from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
-
-    pos, cls = class_weights(
-        train_info["label_counts"],
-        train_info["num_examples"],
-        weighting,
-        max_pos_weight=config["train"]["max_pos_weight"],
-        beta=config["train"]["class_balanced_beta"],
-    )
-    return WeightedBinaryCrossentropy(pos, cls)
-
-
-def fit_verbosity(setting):
-    """Map ``train.verbose`` to ``model.fit``'s ``verbose`` (``auto``: bar on a terminal).
-
-    Args:
-        setting: ``"auto"``, 0, 1 or 2.
-
-    Returns:
-        0, 1 or 2.
-    """
-    if setting == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return setting
 
 
 class KerasmlicHyperModel(keras_tuner.HyperModel):
@@ -271,7 +204,7 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
                 stack.enter_context(self.strategy.scope())
             model.compile(
                 optimizer=make_optimizer(config["train"], steps, max(1, epochs - initial_epoch)),
-                loss=make_loss(config, self.train_info),
+                loss=class_weighted_loss(config, self.train_info),
                 jit_compile=config["train"]["jit_compile"],
             )
         evaluation = cb.MultiLabelEvaluation(

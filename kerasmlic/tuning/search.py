@@ -341,7 +341,8 @@ def tune(
         )
     import keras
 
-    from kerasmlic.tuning.hypermodel import KerasmlicHyperModel, fit_verbosity
+    from kerasmlic.training.trainer import fit_verbosity
+    from kerasmlic.tuning.hypermodel import KerasmlicHyperModel
     from kerasmlic.tuning.tuners import make_tuner
 
     strategy = _strategy(base)
