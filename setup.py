@@ -9,11 +9,13 @@ setup(
         "Multi-label image classification in Keras 3: label embeddings, recurrent "
         "label decoders, attention, and the classic baselines, on COCO."
     ),
+    license="Apache-2.0",
     packages=find_packages(include=["kerasmlic", "kerasmlic.*"]),
-    python_requires=">=3.10,<3.14",
+    python_requires=">=3.11,<3.14",
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.10,<3.16",
+        "keras>=3.15,<3.16",
+        "keras-hub>=0.32,<0.33",
         "keras-tuner>=1.4.7,<1.5",
         "pycocotools>=2.0.8,<2.1",
         "numpy>=1.26,<2.5",

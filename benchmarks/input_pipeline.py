@@ -5,7 +5,10 @@ batch 64, all cores:
 
 (a) ``kerasmlic.data.pipeline.make_dataset(training=True)``: interleaved
     reads, shuffle, parse, random resized crop (``decode_and_crop_jpeg``),
-    flip, resize, normalise, batch, prefetch.
+    flip, resize, normalise, batch, prefetch. The crop is asked for
+    explicitly (``data.augment.crop_scale: [0.25, 1]``), since the default
+    no longer crops; ``--augment`` adds rows for the default (no crop),
+    RandAugment and random erasing, with each one's CPU cost per image.
 (b) decode-only limit: the same shards read and ``tf.io.decode_jpeg``-decoded
     in parallel, nothing else (no crop, resize, normalisation or batching of
     pixels).
@@ -65,6 +68,8 @@ IMAGE_SIZE = 224
 BATCH = 64
 SCALE = (0.25, 1.0)
 RATIO = (3 / 4, 4 / 3)
+# (a)'s augmentation: the random resized crop (as before the default turned it off) and flip.
+CROP_AND_FLIP = {"crop_scale": list(SCALE), "crop_ratio": list(RATIO), "flip": True}
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -173,6 +178,7 @@ def prepare_data(work, num_images, workers):
 def kerasmlic_dataset(shards, **kwargs):
     from kerasmlic.data.pipeline import make_dataset
 
+    kwargs.setdefault("augment", CROP_AND_FLIP)
     return make_dataset(
         shards,
         "train",
@@ -182,6 +188,14 @@ def kerasmlic_dataset(shards, **kwargs):
         repeat=True,
         **kwargs,
     )
+
+
+# The augmentations whose cost --augment reports, each on top of (a)'s crop and flip.
+AUGMENT_VARIANTS = {
+    "(a) no crop, flip (default)": {"crop_scale": [1, 1]},
+    "(a) + RandAugment 2 ops, M9": {**CROP_AND_FLIP, "randaugment": {"num_ops": 2, "magnitude": 9}},
+    "(a) + random erasing p=0.25": {**CROP_AND_FLIP, "erasing": 0.25},
+}
 
 
 def full_decode_dataset(shards):
@@ -384,6 +398,9 @@ def main(argv=None):
     parser.add_argument(
         "--only", default="", help="comma-separated name substrings to time (diagnosis)"
     )
+    parser.add_argument(
+        "--augment", action="store_true", help="also time (a) with each augmentation op"
+    )
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     coco_dir, shards = prepare_data(args.work, args.images, workers=cores)
@@ -414,6 +431,9 @@ def main(argv=None):
             shards, dct_method="INTEGER_FAST"
         )
         tf_configs["(a) + antialias"] = lambda: kerasmlic_dataset(shards, antialias=True)
+    if args.augment:
+        for name, augment in AUGMENT_VARIANTS.items():
+            tf_configs[name] = lambda augment=augment: kerasmlic_dataset(shards, augment=augment)
     py_configs = {
         "(c) PyDataset+PIL, 2 threads": (2, False),
         "(c) PyDataset+PIL, 2 processes": (2, True),
@@ -447,6 +467,13 @@ def main(argv=None):
         print(f"{name:34s} {best[name]:10.1f} {median:8.1f} {per_cpu[name]:10.1f}")
     if A not in results:
         return 0
+    extra = [k for k in AUGMENT_VARIANTS if k in results]
+    if extra:
+        print()
+        print("cost per image against (a), CPU milliseconds (from img/cpu-s):")
+        for name in extra:
+            cost = 1e3 / per_cpu[name] - 1e3 / per_cpu[A]
+            print(f"  {name:34s} {cost:+6.2f} ms  ({per_cpu[name] / per_cpu[A]:.2f}x (a)'s rate)")
     print()
     if B in results:
         paired = [ra / rb for (ra, _), (rb, _) in zip(results[A], results[B], strict=True)]

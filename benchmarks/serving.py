@@ -29,9 +29,19 @@ Calls are interleaved round-robin; a ratio is the median over rounds of the
 time ratio of two calls made back to back, which stays fair when other
 processes load the machine (best and median times are shown too).
 
+Serving under load (``--load``, issue 11): one loaded SavedModel
+(``serving_default``), N client threads sending requests of a fixed batch
+size for a fixed time; about one request in eight holds one bad image (not an
+image, empty bytes, a truncated JPEG) and odd valid images (1x1, 4000x3000,
+grayscale, PNG with alpha) are mixed in with ordinary 640x480 JPEGs. Each
+valid request's scores are checked against the same images sent alone, each
+bad one must fail with ``INVALID_ARGUMENT`` naming its index. Reported per
+batch size: requests/s and images/s (valid requests), p50/p95/max latency.
+
 Usage::
 
     .venv/bin/python benchmarks/serving.py [--repeats 30] [--only tiny|mobilenet]
+    .venv/bin/python benchmarks/serving.py --load [--threads 8] [--seconds 20]
 """
 
 import argparse
@@ -209,13 +219,152 @@ def print_tables(rows):
                 )
 
 
+def _load_images(seed):
+    """Ordinary 640x480 JPEGs, odd valid images and bad ones, as encoded bytes."""
+    import io
+
+    from PIL import Image
+
+    def encode(img, fmt="JPEG", **kw):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    ordinary = _jpegs(8, 480, 640, seed)
+    big = Image.fromarray(
+        tf.image.resize(np.random.RandomState(seed).rand(1, 30, 40, 3) * 255, [3000, 4000])
+        .numpy()[0]
+        .astype(np.uint8)
+    )
+    rgba = Image.open(io.BytesIO(ordinary[1])).convert("RGBA")
+    rgba.putalpha(128)
+    odd = [
+        encode(Image.new("RGB", (1, 1), (200, 30, 30))),
+        encode(big, quality=85),
+        encode(Image.open(io.BytesIO(ordinary[2])).convert("L")),
+        encode(rgba, "PNG"),
+    ]
+    bad = [b"this is not an image" * 4, b"", ordinary[3][: len(ordinary[3]) // 2]]
+    return ordinary, odd, bad
+
+
+def bench_load(threads, seconds, batch_sizes, work):
+    """N client threads on one loaded SavedModel (see the module doc); returns table rows."""
+    import random
+    import threading
+
+    cfg = CONFIGS["tiny"]
+    keras.utils.set_random_seed(0)
+    model = build_model("bce", num_classes=NUM_CLASSES, **cfg)
+    path = os.path.join(work, "load-bce")
+    shutil.rmtree(path, ignore_errors=True)
+    names = [f"class_{i}" for i in range(NUM_CLASSES)]
+    export_saved_model(model, path, class_names=names, version=1, explain=False)
+    serve = tf.saved_model.load(os.path.join(path, "1")).signatures["serving_default"]
+    ordinary, odd, bad = _load_images(seed=7)
+    valid = ordinary + odd
+    alone = [serve(image_bytes=tf.constant([v]))["scores"].numpy()[0] for v in valid]
+    rows = []
+    for batch in batch_sizes:
+        stop = time.monotonic() + seconds
+        stats = {"latency": [], "images": 0, "valid": 0, "bad": 0, "wrong": 0}
+        lock = threading.Lock()
+
+        def client(worker, batch=batch, stop=stop, stats=stats, lock=lock):
+            rng = random.Random(worker)
+            while time.monotonic() < stop:
+                # Odd images one time in four; a bad image in one request in eight.
+                picks = [
+                    rng.randrange(len(valid))
+                    if rng.random() < 0.25
+                    else rng.randrange(len(ordinary))
+                    for _ in range(batch)
+                ]
+                data = [valid[i] for i in picks]
+                bad_at = rng.randrange(batch) if rng.random() < 0.125 else None
+                if bad_at is not None:
+                    data[bad_at] = rng.choice(bad)
+                start = time.perf_counter()
+                try:
+                    out = serve(image_bytes=tf.constant(data))
+                    ok = bad_at is None and np.allclose(
+                        out["scores"].numpy(), np.stack([alone[i] for i in picks]), atol=1e-5
+                    )
+                except tf.errors.InvalidArgumentError as e:
+                    ok = bad_at is not None and f"image_bytes[{bad_at}]" in e.message
+                elapsed = time.perf_counter() - start
+                with lock:
+                    stats["wrong"] += not ok
+                    if bad_at is None:
+                        stats["latency"].append(elapsed)
+                        stats["images"] += batch
+                        stats["valid"] += 1
+                    else:
+                        stats["bad"] += 1
+
+        began = time.monotonic()
+        pool = [threading.Thread(target=client, args=(w,)) for w in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        wall = time.monotonic() - began
+        lat = np.array(stats["latency"]) * 1000
+        rows.append(
+            {
+                "batch": batch,
+                "requests_s": stats["valid"] / wall,
+                "images_s": stats["images"] / wall,
+                "p50": float(np.percentile(lat, 50)),
+                "p95": float(np.percentile(lat, 95)),
+                "max": float(lat.max()),
+                "valid": stats["valid"],
+                "bad": stats["bad"],
+                "wrong": stats["wrong"],
+            }
+        )
+        print(f"  batch {batch}: {rows[-1]}", flush=True)
+    return rows
+
+
+def print_load_table(rows, threads, seconds):
+    print()
+    print(
+        f"Serving under load: bce, tiny encoder 64 px, {threads} client threads, {seconds} s per "
+        "batch size, one loaded SavedModel; 640x480 JPEGs with odd (1x1, 4000x3000, gray, "
+        "RGBA PNG) and bad (not an image, empty, truncated JPEG) ones mixed in."
+    )
+    print()
+    print("| batch | requests/s | images/s | p50 ms | p95 ms | max ms | valid | bad | wrong |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['requests_s']:.1f} | {r['images_s']:.1f} | {r['p50']:.1f} | "
+            f"{r['p95']:.1f} | {r['max']:.1f} | {r['valid']} | {r['bad']} | {r['wrong']} |"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls at batch 1")
     parser.add_argument("--only", choices=sorted(CONFIGS), default=None)
     parser.add_argument("--keep", default=None, help="keep the exports in this folder")
+    parser.add_argument("--load", action="store_true", help="serving under load instead")
+    parser.add_argument("--threads", type=int, default=8, help="--load: client threads")
+    parser.add_argument("--seconds", type=float, default=20, help="--load: per batch size")
+    parser.add_argument("--batches", default="1,8,32", help="--load: batch sizes")
     args = parser.parse_args(argv)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, no GPU")
+    if args.load:
+        work = args.keep or tempfile.mkdtemp(prefix="kerasmlic-serving-")
+        try:
+            batches = [int(b) for b in args.batches.split(",")]
+            rows = bench_load(args.threads, args.seconds, batches, work)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
+        print_load_table(rows, args.threads, args.seconds)
+        return 0 if all(r["wrong"] == 0 for r in rows) else 1
     work = args.keep or tempfile.mkdtemp(prefix="kerasmlic-serving-")
     rows = []
     try:

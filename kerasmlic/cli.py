@@ -1,6 +1,6 @@
 """The ``kerasmlic`` command line: parses arguments and calls the library.
 
-Exit codes (DESIGN.md): 0 success, 2 usage or input error (one clear line, no
+Exit codes (docs/design.md): 0 success, 2 usage or input error (one clear line, no
 traceback), 1 internal failure.
 """
 
@@ -14,8 +14,29 @@ from kerasmlic.errors import UsageError
 
 
 def _quiet_tensorflow():
-    # TF's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the CLI's output.
+    # TF's C++ info and warning chatter (oneDNN notes, a rendezvous line repeating
+    # each error) drowns the CLI's output; its errors still show, and a user's own
+    # TF_CPP_MIN_LOG_LEVEL (1 shows warnings) is kept.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The CUDA probing lines of a GPU-less machine come before TF's log level applies.
+    from kerasmlic import quiet_start
+
+    quiet_start.install()
+
+
+def cmd_verify(args):
+    """Check every shard of a built folder against dataset.json's sha256."""
+    from kerasmlic.data.verify import format_problem, verify_data
+
+    result = verify_data(args.data, splits=args.split or None)
+    for item in result["bad"]:
+        print(f"kerasmlic verify: {format_problem(item)}", file=sys.stderr)
+    good = result["checked"] - len(result["bad"])
+    print(
+        f"verify: {good} of {result['checked']} shards match dataset.json "
+        f"({result['examples']} examples in good shards) in {args.data}"
+    )
+    return 2 if result["bad"] else 0
 
 
 def cmd_synth(args):
@@ -23,10 +44,16 @@ def cmd_synth(args):
     from kerasmlic.data.synth import synthesize
 
     summary = synthesize(
-        args.out, train=args.train, val=args.val, image_size=args.image_size, seed=args.seed
+        args.out,
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        image_size=args.image_size,
+        seed=args.seed,
     )
+    test = f" + {summary['num_test']} test" if summary["num_test"] else ""
     print(
-        f"synth: wrote {summary['num_train']} train + {summary['num_val']} val images "
+        f"synth: wrote {summary['num_train']} train + {summary['num_val']} val{test} images "
         f"({summary['mean_labels_train']:.2f} labels/image) to {args.out} "
         f"in {summary['elapsed']:.1f}s; contact sheet: {summary['contact_sheet']}"
     )
@@ -63,6 +90,9 @@ def build_parser():
     p.add_argument("out", help="output folder")
     p.add_argument("--train", type=non_negative_int, default=4000, help="train images")
     p.add_argument("--val", type=non_negative_int, default=1000, help="val images")
+    p.add_argument(
+        "--test", type=non_negative_int, default=0, help="test images (0: no test split)"
+    )
     p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_synth)
@@ -78,6 +108,11 @@ def build_parser():
     p.add_argument("--keep-empty", action="store_true", help="keep images with no label")
     p.add_argument("--strict", action="store_true", help="fail on any skipped image")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("verify", help="check every shard against dataset.json's sha256")
+    p.add_argument("data", metavar="DATA", help="shard folder made by `kerasmlic build`")
+    p.add_argument("--split", action="append", help="check only this split (repeatable)")
+    p.set_defaults(func=cmd_verify)
 
     from kerasmlic.cli_serve import add_export_parser, add_predict_parser
     from kerasmlic.cli_train import add_evaluate_parser, add_reproduce_parser, add_train_parser
@@ -118,12 +153,22 @@ def main(argv=None):
     try:
         code = args.func(args)
     except UsageError as e:
-        print(f"kerasmlic {args.command}: error: {e}", file=sys.stderr)
+        from kerasmlic.data.verify import explain_read_failure, is_read_failure
+
+        # keras-tuner wraps a failed read in its own error, then ours.
+        message = (explain_read_failure(e) if is_read_failure(e) else None) or e
+        print(f"kerasmlic {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kerasmlic {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # an internal failure: exit 1, traceback on request
+        from kerasmlic.data.verify import explain_read_failure, is_read_failure
+
+        line = explain_read_failure(e) if is_read_failure(e) else None
+        if line:  # a corrupt or cut-off shard: name it, no graph dump
+            print(f"kerasmlic {args.command}: error: {line}", file=sys.stderr)
+            return 2
         if os.environ.get("KERASMLIC_DEBUG"):
             traceback.print_exc()
         print(

@@ -128,17 +128,32 @@ def add_reproduce_parser(sub):
     """
     p = sub.add_parser(
         "reproduce",
-        help="train the study's models and write results.md + plots",
+        help="the study: tune, train over seeds, write results.md + plots",
         description=(
-            "Train the study's eight models (or --models) with their experiments/ "
-            "configs, then write results.md and PNG plots. Finished runs in OUT are "
-            "reused, interrupted ones resume."
+            "For every model (or --models), with its experiments/ config: pick the learning "
+            "rate by a keras-tuner grid search over --rates (the same for every model), train "
+            "--seeds times, evaluate on the test split (val when the shards have none), then "
+            "write results.md (mean ± std over seeds, paired t-test against BCE on F1@3) and "
+            "PNG plots. Finished runs in OUT are reused, interrupted ones resume."
         ),
     )
     p.add_argument("--data", required=True, help="shard folder made by `kerasmlic build`")
     p.add_argument("--models", default=None, help="comma-separated registry names")
     p.add_argument("--epochs", type=positive_int, default=None, help="override every config")
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="trainings per model (default 1)")
+    p.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated learning rates of each model's grid search, or 'none' to keep "
+        "the configs' rates (default 5e-4,1e-3,2e-3,4e-3)",
+    )
+    p.add_argument(
+        "--tune-epochs",
+        type=positive_int,
+        default=None,
+        help="epochs per tuning trial (default half the training epochs)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -153,12 +168,29 @@ def add_reproduce_parser(sub):
 
 def cmd_reproduce(args):
     """Handle ``kerasmlic reproduce``."""
-    from kerasmlic.reproduce import reproduce
+    from kerasmlic.errors import UsageError
+    from kerasmlic.reproduce import DEFAULT_RATES, reproduce
 
     models = None
     if args.models:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-    reproduce(args.data, models=models, epochs=args.epochs, out=args.out, overrides=args.overrides)
+    rates = DEFAULT_RATES
+    if args.rates is not None:
+        text = args.rates.strip().lower()
+        try:
+            rates = [] if text == "none" else [float(r) for r in text.split(",") if r.strip()]
+        except ValueError:
+            raise UsageError(f"--rates takes comma-separated numbers, got {args.rates!r}") from None
+    reproduce(
+        args.data,
+        models=models,
+        epochs=args.epochs,
+        out=args.out,
+        seeds=args.seeds,
+        rates=rates,
+        tune_epochs=args.tune_epochs,
+        overrides=args.overrides,
+    )
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ def add_tune_parser(sub):
     p.add_argument("--data", required=True, help="shard folder made by `kerasmlic build`")
     p.add_argument(
         "--tuner",
-        choices=("hyperband", "random", "bayesian"),
+        choices=("hyperband", "random", "bayesian", "grid"),
         default=None,
         help="search algorithm (default: tune.tuner, else hyperband)",
     )

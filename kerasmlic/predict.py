@@ -10,6 +10,12 @@
   ``.keras`` file. The model runs inside the same serving graph the export
   writes (:mod:`kerasmlic.export.serving`), so the outputs match an export.
 
+Phone photos: a file whose EXIF orientation tag is not 1 is turned upright
+(as image viewers show it) before scoring; the pixels TensorFlow decodes are
+rotated or mirrored and sent to the model as a lossless PNG. The SavedModel
+itself, like TensorFlow's decoders, ignores EXIF: a client calling it directly
+sends upright pixels.
+
 Unreadable or missing files get one line each on stderr; the other images are
 still predicted, and the exit code is 2 at the end. ``--explain DIR`` writes one
 PNG per image with a heat map per predicted label (the top-scoring class when
@@ -181,20 +187,61 @@ def _keras_file_predictor(path):
     return KerasPredictor(model, names, getattr(model, "registry_name", None) or model.name)
 
 
+def apply_exif_orientation(image, orientation):
+    """Turn decoded pixels upright for an EXIF orientation tag (as ``ImageOps.exif_transpose``).
+
+    Args:
+        image: ``(H, W, C)`` numpy array as stored in the file.
+        orientation: The EXIF orientation tag, 1-8 (1: as stored).
+
+    Returns:
+        The array as the image is meant to be seen.
+    """
+    import numpy as np
+
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.transpose(a, (1, 0, 2)),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: np.transpose(a[::-1, ::-1], (1, 0, 2)),
+        8: lambda a: np.rot90(a, k=1),
+    }
+    op = ops.get(int(orientation))
+    return np.ascontiguousarray(op(image)) if op else image
+
+
+def _orientation(data):
+    import io
+
+    from PIL import Image
+
+    from kerasmlic.data.images import exif_orientation
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return exif_orientation(img)
+    except Exception:  # TensorFlow decoded it; PIL's opinion is only about EXIF
+        return 1
+
+
 def read_images(paths):
-    """Read and check image files.
+    """Read and check image files, turning EXIF-rotated photos upright.
 
     Args:
         paths: Image file paths.
 
     Returns:
-        ``(good, errors)``: ``good`` a list of ``(path, bytes, uint8 image)``,
+        ``(good, errors)``: ``good`` a list of ``(path, bytes, uint8 image)``
+        where ``bytes`` is what the model is sent (the file's own bytes, or a
+        lossless PNG of the upright pixels when its EXIF orientation is not 1),
         ``errors`` a list of ``(path, message)``.
     """
     import tensorflow as tf
 
     from kerasmlic.data.preprocessing import decode_image
-    from kerasmlic.export.serving import is_image_bytes
+    from kerasmlic.export.serving import FORMATS, is_image_bytes
 
     good, errors = [], []
     for path in paths:
@@ -205,13 +252,17 @@ def read_images(paths):
             errors.append((path, e.strerror or str(e)))
             continue
         if not bool(is_image_bytes(tf.constant(data))):
-            errors.append((path, "not a JPEG or PNG image"))
+            errors.append((path, f"not a {FORMATS} image"))
             continue
         try:
             image = decode_image(tf.constant(data)).numpy()
         except tf.errors.OpError as e:
             errors.append((path, f"cannot decode image: {e.message.splitlines()[0]}"))
             continue
+        orientation = _orientation(data)
+        if orientation != 1:
+            image = apply_exif_orientation(image, orientation)
+            data = tf.io.encode_png(image).numpy()
         good.append((path, data, image))
     return good, errors
 

@@ -1,11 +1,53 @@
-"""``kerasmlic reproduce``: train the study's models, then write results.md and the plots.
+"""``kerasmlic reproduce``: every model, tuned alike, trained over seeds, then the report.
 
-Each model trains with its config ``experiments/<name>.yaml`` (the defaults
-with the model's name when the file is missing), into ``OUT/<name>``. A run
-directory that already holds a finished run is reused and an interrupted one
-resumes, so running the command again after a crash only does what is left.
+For each model (default: all eleven registered models, the study's eight
+first), with its config ``experiments/<name>.yaml`` (the defaults with the
+model's name when the file is missing):
+
+1. **Learning rate**: a keras-tuner grid search over the same rates for every
+   model (:data:`DEFAULT_RATES`, ``--rates``), each trial trained for the same
+   ``--tune-epochs`` (default half the training epochs) with seed 0 and
+   scored by val mAP; the best rate is recorded in ``OUT/<name>/tuning.json``
+   (project in ``OUT/tune/<name>``). ``--rates none`` keeps the configs' rates.
+2. **Seeds**: ``--seeds N`` full trainings with that rate and ``train.seed`` =
+   0..N-1, into ``OUT/<name>/seed-<k>``.
+3. **Figures** on the ``test`` split when the shards have one (``kerasmlic
+   synth --test N`` + ``build --split test``), else on val (said in the
+   report); best epoch, early stopping and the rate were chosen on val.
+
+``results.md`` gives mean ± standard deviation over the seeds per metric, a
+paired t-test of each model against BCE on F1@3, the ordering check on the
+means and ``seed_error_bars.png``. Finished runs, evaluations and tuning
+records in ``OUT`` are reused and an interrupted run resumes, so running the
+command again after a crash only does what is left.
+
+Sizing of the built-in study (:data:`STUDY_SIZE`): 2000 train / 500 val /
+1000 test images at 64 px, 12 epochs per training, 4 rates × 6 epochs of
+tuning per model, 3 seeds::
+
+    kerasmlic synth data/study --train 2000 --val 500 --test 1000
+    for s in train val test; do kerasmlic build --split $s --out data/study-shards \
+        --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
+    kerasmlic reproduce --data data/study-shards --seeds 3 --out runs/study
+
+Measured on 2026-11-30 (``train(config)`` of each model for 2 epochs on that
+data, experiments/ configs, process CPU time read at each epoch end; CPU time
+because the 2 cores were shared with other jobs, load average 10-13): CPU
+seconds per epoch (training + validation pass) ``warp`` 5.7, ``softmax`` 4.4,
+``bce`` 4.7, ``rnn_hidden`` 5.3, ``joint_embedding`` 5.4, ``rnn_input`` 5.3,
+``seq2seq_attention`` 8.6, ``seq2seq`` 7.6, ``asl`` 4.5,
+``joint_embedding_attention`` 6.3, ``label_query`` 19.0: 76.8 for one epoch of
+all eleven; start-up and final evaluation about 73 CPU s per training of all
+eleven. The study runs 4 × 6 + 3 × 12 = 60 epochs and 7 trainings per model:
+76.8 × 60 + 73 × 7 + ~70 (test evaluations) ≈ 5200 CPU s. On an idle 2-core
+machine a training's wall time is 0.87 of its CPU time (the demo's 15 s per
+epoch of ``seq2seq_attention`` on 4000 images against 2 × 8.6 CPU s), so
+about 75 min, and 87 min if wall equals CPU time. Re-measure when the recipe
+changes (a bigger encoder or more epochs scale it linearly).
 """
 
+import copy
+import json
 import os
 import shlex
 import sys
@@ -16,6 +58,23 @@ from kerasmlic.errors import UsageError
 from kerasmlic.reporting.results import STUDY_MODELS
 
 DEFAULT_OUT = os.path.join("runs", "reproduce")
+
+DEFAULT_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
+"""The learning rates every model's grid search tries (the same 4 for all)."""
+
+TUNING_RECORD = "tuning.json"
+
+STUDY_SIZE = {
+    "train": 2000,
+    "val": 500,
+    "test": 1000,
+    "image_size": 64,
+    "epochs": 12,
+    "tune_epochs": 6,
+    "rates": len(DEFAULT_RATES),
+    "seeds": 3,
+}
+"""The built-in study's size: a 3-seed run of the eleven models in about 90 min on 2 cores."""
 
 
 def _cpu_seconds():
@@ -58,7 +117,7 @@ def run_config(name, data_dir, out, *, epochs=None, overrides=()):
     Args:
         name: A registry name.
         data_dir: Shard folder.
-        out: Reproduction folder (the run goes to ``out/<name>``).
+        out: Reproduction folder (runs go to ``out/<name>/seed-<k>``).
         epochs: Optional epoch override.
         overrides: ``KEY=VALUE`` strings applied to every model.
 
@@ -77,69 +136,203 @@ def run_config(name, data_dir, out, *, epochs=None, overrides=()):
     )
 
 
-def reproduce(data_dir, models=None, epochs=None, out=None, *, overrides=(), log=print):
-    """Train the study's models (or ``models``) and write the report.
+def all_models():
+    """Return every registered model, the study's eight first in its table's order.
+
+    Returns:
+        A list of registry names.
+    """
+    from kerasmlic.models.registry import model_names
+
+    names = list(model_names())
+    return [m for m in STUDY_MODELS if m in names] + [m for m in names if m not in STUDY_MODELS]
+
+
+def report_split(manifest):
+    """Return the split the study reports on: ``test`` when the shards have it, else ``val``.
+
+    Args:
+        manifest: The shard folder's manifest.
+
+    Returns:
+        A split name.
+    """
+    return "test" if "test" in manifest["splits"] else "val"
+
+
+def tune_learning_rate(config, rates, epochs, out, *, log=print):
+    """Pick a model's learning rate with a keras-tuner grid search on val mAP.
+
+    A record in ``out/<name>/tuning.json`` from an earlier call with the same
+    rates and epochs is reused.
+
+    Args:
+        config: The model's resolved config (its other settings are kept).
+        rates: Learning rates to try (each one trial).
+        epochs: Epochs per trial.
+        out: The study's output folder.
+        log: A ``print``-like function.
+
+    Returns:
+        The record: ``rates``, ``epochs``, ``val_mAP`` (rate text → best val
+        mAP of the trial, None when it failed), ``chosen``.
+    """
+    import keras
+
+    from kerasmlic.data.manifest import write_json_atomic
+    from kerasmlic.tuning import tune
+
+    name = config["model"]["name"]
+    path = os.path.join(out, name, TUNING_RECORD)
+    rates = [float(r) for r in rates]
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("rates") == rates and record.get("epochs") == epochs:
+            log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
+            return record
+    base = copy.deepcopy(config)
+    base["run_dir"] = None
+    base["tune"] = {
+        "tuner": "grid",
+        "epochs": epochs,
+        "seed": 0,
+        "max_consecutive_failed_trials": len(rates),
+        "space": {"train.learning_rate": {"choice": rates}},
+    }
+    base["train"]["seed"] = 0
+    result = tune(
+        base,
+        project_name=name,
+        directory=os.path.join(out, "tune"),
+        overwrite=True,
+        log=log,
+    )
+    keras.backend.clear_session()
+    scores = {}
+    for row in result["trials"]:
+        rate = row["values"].get("train.learning_rate")
+        if rate is not None:
+            scores[repr(float(rate))] = row["score"] if row["status"] == "COMPLETED" else None
+    chosen = float(result["trials"][0]["values"]["train.learning_rate"])
+    record = {"rates": rates, "epochs": epochs, "val_mAP": scores, "chosen": chosen}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json_atomic(path, record)
+    log(f"{name}: learning rate {chosen:g} (val mAP {100 * result['best_val_mAP']:.1f})")
+    return record
+
+
+def seed_run_dir(out, name, seed):
+    """Return ``out/<name>/seed-<seed>``: one training of one model."""
+    return os.path.join(out, name, f"seed-{seed}")
+
+
+def reproduce(
+    data_dir,
+    models=None,
+    epochs=None,
+    out=None,
+    *,
+    seeds=1,
+    rates=DEFAULT_RATES,
+    tune_epochs=None,
+    overrides=(),
+    log=print,
+):
+    """Tune, train over seeds and report every model of the study (or ``models``).
 
     Args:
         data_dir: Shard folder made by ``kerasmlic build``.
-        models: Registry names (default: the study's eight).
+        models: Registry names (default: all registered models).
         epochs: Override every config's ``train.epochs``.
-        out: Output folder (default ``runs/reproduce``): one run dir per model,
-            plus ``results.md`` and the PNGs.
+        out: Output folder (default ``runs/reproduce``).
+        seeds: Trainings per model (``train.seed`` 0..seeds-1).
+        rates: Learning rates of each model's grid search; None or empty
+            keeps each config's rate.
+        tune_epochs: Epochs per tuning trial (default half the training
+            epochs, at least 1).
         overrides: ``KEY=VALUE`` strings applied to every model's config.
         log: A ``print``-like function.
 
     Returns:
-        The report dict of :func:`kerasmlic.reporting.results.write_report`
-        (``results`` path, ``plots``, ``ordering_holds``).
+        :func:`kerasmlic.reporting.results.write_study_report`'s dict, plus
+        ``split`` (the reported split), ``tuning`` and ``run_dirs``
+        (``{model: [run dirs]}``).
 
     Raises:
-        UsageError: Unknown model, missing data, a bad config.
+        UsageError: Unknown model, missing data, a bad config or count.
     """
     from kerasmlic.data.manifest import load_manifest
+    from kerasmlic.evaluation import evaluate_run
     from kerasmlic.models.registry import model_names
-    from kerasmlic.reporting.results import write_report
+    from kerasmlic.reporting.results import write_study_report
     from kerasmlic.training import train
-    from kerasmlic.training.rundir import is_finished
+    from kerasmlic.training.rundir import RunPaths, is_finished
 
     start, cpu_start = time.time(), _cpu_seconds()
-    load_manifest(data_dir)  # a clear error before any training
-    models = list(models) if models else list(STUDY_MODELS)
+    manifest = load_manifest(data_dir)  # a clear error before any training
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"--seeds must be a positive integer, got {seeds!r}")
+    models = list(models) if models else all_models()
     valid = model_names()
     unknown = [m for m in models if m not in valid]
     if unknown:
         raise UsageError(f"unknown model(s) {', '.join(unknown)}; valid models: {', '.join(valid)}")
+    rates = list(rates or ())
+    if any(not isinstance(r, int | float) or isinstance(r, bool) or r <= 0 for r in rates):
+        raise UsageError(f"--rates must be positive numbers, got {rates!r}")
     out = out or DEFAULT_OUT
+    split = report_split(manifest)
+    if split != "test":
+        log(
+            "note: the shards have no test split, so the figures are on val (also used for "
+            "model selection); build one with `kerasmlic synth --test N` + `build --split test`"
+        )
     configs = [run_config(m, data_dir, out, epochs=epochs, overrides=overrides) for m in models]
-    run_dirs = []
+    tuning, groups = {}, {}
     for i, config in enumerate(configs, 1):
-        run_dir = config["run_dir"]
-        if is_finished(run_dir):
-            log(
-                f"[{i}/{len(configs)}] {config['model']['name']}: finished run in {run_dir}, reused"
-            )
-        else:
-            source = model_config_path(config["model"]["name"]) or "defaults"
-            log(f"[{i}/{len(configs)}] {config['model']['name']} ({source})")
-            train(config, log=log)
-            import keras
+        import keras
 
-            keras.backend.clear_session()  # free the finished model's graphs and variables
-        run_dirs.append(run_dir)
+        name = config["model"]["name"]
+        source = model_config_path(name) or "defaults"
+        log(f"[{i}/{len(configs)}] {name} ({source})")
+        if rates:
+            trial_epochs = tune_epochs or max(1, config["train"]["epochs"] // 2)
+            tuning[name] = tune_learning_rate(config, rates, trial_epochs, out, log=log)
+            config["train"]["learning_rate"] = tuning[name]["chosen"]
+        groups[name] = []
+        for seed in range(seeds):
+            run = copy.deepcopy(config)
+            run["train"]["seed"] = seed
+            run["run_dir"] = seed_run_dir(out, name, seed)
+            if is_finished(run["run_dir"]):
+                log(f"{name} seed {seed}: finished run in {run['run_dir']}, reused")
+            else:
+                log(f"{name} seed {seed}: training into {run['run_dir']}")
+                train(run, log=log)
+                keras.backend.clear_session()  # free the finished model's graphs and variables
+            if not os.path.isfile(RunPaths(run["run_dir"]).eval_json(split)):
+                evaluate_run(run["run_dir"], data_dir, split, log=None)
+                keras.backend.clear_session()
+            groups[name].append(run["run_dir"])
     command = "kerasmlic " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:2] == ["reproduce"]:
         command = (
             f"kerasmlic reproduce --data {data_dir} --models {','.join(models)}"
             + (f" --epochs {epochs}" if epochs else "")
+            + f" --seeds {seeds} --rates {','.join(f'{r:g}' for r in rates) or 'none'}"
+            + (f" --tune-epochs {tune_epochs}" if tune_epochs else "")
             + f" --out {out}"
         )
-    report = write_report(
-        run_dirs,
+    report = write_study_report(
+        groups,
         data_dir,
         out,
+        split=split,
+        tuning=tuning,
         command=command,
         wall_seconds=time.time() - start,
         cpu_seconds=_cpu_seconds() - cpu_start,
     )
     log(f"wrote {report['results']} and {len(report['plots'])} plots in {out}")
-    return report
+    return {**report, "split": split, "tuning": tuning, "run_dirs": groups}

@@ -10,14 +10,27 @@ import time
 
 from helpers_training import subprocess_env
 
+SCRIPTED_MAP_ENV = "KERASMLIC_TEST_SCRIPTED_MAP"
+"""Test hook of the worker script: comma-separated val mAPs that replace the real ones."""
+
 # A worker process: train(config) with --strategy multiworker, then dump its final
 # weights (flattened, in variable order) for the identical-weights check.
 WORKER_SCRIPT = r"""
-import json, sys
+import json, os, sys
 import numpy as np
 from kerasmlic.training.trainer import train
 config = json.loads(sys.argv[1])
 out = sys.argv[2]
+scripted = os.environ.get("KERASMLIC_TEST_SCRIPTED_MAP")
+if scripted:
+    from kerasmlic.training import callbacks
+    values = iter(float(v) for v in scripted.split(","))
+    real = callbacks.MultiLabelEvaluation.evaluate
+    def evaluate(self):
+        results = real(self)
+        results["mAP"] = next(values)
+        return results
+    callbacks.MultiLabelEvaluation.evaluate = evaluate
 from kerasmlic.training import multiworker
 original = multiworker._run
 def run(config, strategy, model, *args):

@@ -7,13 +7,14 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_shards(base_dir, *, train=64, val=32, image_size=32, seed=0):
+def tiny_shards(base_dir, *, train=64, val=32, test=0, image_size=32, seed=0):
     """Synthesise and build a tiny copy of the built-in dataset once per folder.
 
     Args:
         base_dir: Folder to hold ``synth/`` and ``shards/`` (reused if built).
         train: Train images.
         val: Val images.
+        test: Test images (0: no test split).
         image_size: Image side.
         seed: Synth seed.
 
@@ -31,12 +32,13 @@ def tiny_shards(base_dir, *, train=64, val=32, image_size=32, seed=0):
         synth,
         train=train,
         val=val,
+        test=test,
         image_size=image_size,
         seed=seed,
         contact_sheet=False,
         progress=False,
     )
-    for split in ("train", "val"):
+    for split in ("train", "val", "test")[: 3 if test else 2]:
         build_split(
             os.path.join(synth, "annotations", f"instances_{split}.json"),
             os.path.join(synth, split),

@@ -20,12 +20,11 @@ from kerasmlic.data.build import (
     CHUNK_SIZE,
     build_split,
     default_num_shards,
-    file_sha256,
     format_summary,
     shard_name,
     sidecar_name,
 )
-from kerasmlic.data.manifest import load_manifest, shard_paths
+from kerasmlic.data.manifest import file_sha256, load_manifest, shard_paths
 from kerasmlic.errors import UsageError
 
 
@@ -262,11 +261,13 @@ def make_bad_corpus(root):
     skip[by_id[ids[10]]["file_name"]] = "image is 20001x4 px"
     by_id[ids[11]].update(width=640, height=100)
     skip[by_id[ids[11]]["file_name"]] = "disagrees"
-    # Converted, not skipped: CMYK and grayscale JPEGs, a PNG behind .jpg.
-    converted = {ids[12]: "mode", ids[13]: "mode", ids[14]: "format"}
+    # Kept byte for byte (TensorFlow decodes them): CMYK and grayscale JPEGs, a PNG
+    # behind .jpg. Converted to a lossless PNG: a TIFF behind .jpg.
+    converted = {ids[12]: None, ids[13]: None, ids[14]: None, ids[15]: "converted"}
     Image.open(path(ids[12])).convert("CMYK").save(path(ids[12]), format="JPEG")
     Image.open(path(ids[13])).convert("L").save(path(ids[13]), format="JPEG")
     Image.open(path(ids[14])).save(path(ids[14]), format="PNG")
+    Image.open(path(ids[15])).save(path(ids[15]), format="TIFF")
     # Annotation problems: the annotations are dropped, the images are kept.
     ds["annotations"].append({"id": 900, "image_id": 123456, "category_id": 1, "area": 5.0})
     ds["annotations"].append({"id": 901, "image_id": ids[15], "category_id": 77, "area": 5.0})
@@ -286,11 +287,17 @@ def test_bad_input_is_skipped_or_converted_never_lost(tmp_path):
     assert set(examples) == valid
     assert summary["num_examples"] == len(valid) == 8
     for image_id, ex in examples.items():
-        img = Image.open(io.BytesIO(ex[schema.IMAGE_ENCODED]))
-        assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (32, 32))
+        stored = ex[schema.IMAGE_ENCODED]
+        source = open(tiny.path_of(image_id), "rb").read()
+        if converted.get(image_id) == "converted":
+            img = Image.open(io.BytesIO(stored))
+            assert (img.format, img.size) == ("PNG", (32, 32))
+            src = np.asarray(Image.open(io.BytesIO(source)).convert("RGB"))
+            np.testing.assert_array_equal(np.asarray(img.convert("RGB")), src)  # lossless
+        else:
+            assert stored == source  # the user's bytes, whatever the format
         assert ex[schema.LABEL_IDS].tolist() == expected_label_ids(tiny, image_id)
-    assert summary["reencoded"] == {"mode": 2, "format": 1}
-    assert sorted(converted.values()) == ["format", "mode", "mode"]
+    assert summary["reencoded"] == {"converted": 1}
 
     info = load_manifest(out)["splits"]["train"]
     recorded = {s["file"]: s for s in info["skipped"]}
@@ -496,3 +503,83 @@ def test_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no image .* can be written"):
         build_split(tiny.annotations, tiny.images, "train", out, progress=False)
     assert not os.path.exists(out)
+
+
+def test_an_id_beyond_int64_stops_the_build_before_any_shard(tmp_path):
+    tiny = write_tiny_coco(tmp_path, num_images=6, seed=9)
+    last = tiny.dataset["images"][-1]
+    old_id, last["id"] = last["id"], 2**64 + 5
+    for ann in tiny.dataset["annotations"]:
+        if ann["image_id"] == old_id:
+            ann["image_id"] = last["id"]
+    tiny.save()
+    out = str(tmp_path / "out")
+    with pytest.raises(UsageError, match=r"images\[5\]\.id 18446744073709551621 .*64-bit"):
+        build_split(tiny.annotations, tiny.images, "train", out, shards=3, progress=False)
+    assert not os.path.exists(out)  # nothing written, not even shard 0
+
+
+def test_unused_categories_repeated_files_and_exif_are_recorded(tmp_path):
+    tiny = write_tiny_coco(tmp_path, num_images=6, seed=10, num_classes=3)
+    ds = tiny.dataset
+    ds["categories"].append({"id": 77, "name": "unicorn", "supercategory": "myth"})
+    # Image 4 (id 10) reuses image 1's file under its own id.
+    ds["images"][3]["file_name"] = ds["images"][0]["file_name"]
+    # Image 2's file carries an EXIF rotation of 90 degrees.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tiny.path_of(ds["images"][1]["id"])
+    Image.open(path).save(path, format="JPEG", exif=exif.tobytes())
+    tiny.save()
+    out = str(tmp_path / "out")
+    warnings = []
+    summary = build_split(
+        tiny.annotations, tiny.images, "train", out, progress=False, warn=warnings.append
+    )
+    info = load_manifest(out)["splits"]["train"]
+    assert info["unused_classes"] == [{"index": 3, "coco_id": 77, "name": "unicorn"}]
+    assert len(warnings) == 1 and "1 of 4 categories" in warnings[0] and "'unicorn'" in warnings[0]
+    assert info["repeated_files"] == [
+        {"file": ds["images"][0]["file_name"], "image_ids": [ds["images"][0]["id"], 10]}
+    ]
+    assert info["exif_orientation"] == [
+        {"file": ds["images"][1]["file_name"], "image_id": ds["images"][1]["id"], "orientation": 6}
+    ]
+    line = format_summary(summary)
+    assert "1 file names used by several image ids" in line
+    assert "1 with an EXIF rotation" in line
+    # A rerun reuses every shard and records the same lists.
+    again = build_split(
+        tiny.annotations, tiny.images, "train", out, progress=False, warn=warnings.append
+    )
+    assert again["shards_written"] == 0
+    assert load_manifest(out)["splits"]["train"] == info
+
+
+def test_nothing_to_write_names_the_first_file_and_the_path_tried(tmp_path):
+    tiny = write_tiny_coco(tmp_path, num_images=3, seed=11)
+    for img in tiny.dataset["images"]:
+        os.remove(tiny.path_of(img["id"]))
+    out = str(tmp_path / "out")
+    first = tiny.dataset["images"][0]["file_name"]
+    tried = os.path.join(os.path.realpath(tiny.images), first)
+    with pytest.raises(UsageError) as err:
+        build_split(tiny.annotations, tiny.images, "train", out, progress=False)
+    message = str(err.value)
+    assert f"first: {first} (image id 1), tried {tried!r}: missing file" in message
+    assert "3 skipped" in message and "\n" not in message
+
+    # Files that exist but none decodes: found while writing, named with the path.
+    tiny = write_tiny_coco(tmp_path / "b", num_images=2, seed=12)
+    for img in tiny.dataset["images"]:
+        with open(tiny.path_of(img["id"]), "wb") as f:
+            f.write(b"not an image" * 10)
+    first = tiny.dataset["images"][0]["file_name"]
+    tried = os.path.join(os.path.realpath(tiny.images), first)
+    with pytest.raises(UsageError, match=rf"first: {first}, tried {tried!r}: not a readable"):
+        build_split(tiny.annotations, tiny.images, "train", str(tmp_path / "o2"), progress=False)
+
+    # Only unlabelled images: the first is named, with the way to keep them.
+    tiny = write_tiny_coco(tmp_path / "c", num_images=0, num_empty=2, seed=13)
+    with pytest.raises(UsageError, match=r"all without labels; first: 000000000001\.jpg .*--keep"):
+        build_split(tiny.annotations, tiny.images, "train", str(tmp_path / "o3"), progress=False)

@@ -151,3 +151,27 @@ def test_malformed_annotations_are_one_clear_usage_error(tmp_path, content, mess
 def test_missing_annotations_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         load_coco(str(tmp_path / "nope.json"))
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [("image", 2**63), ("image", -(2**63) - 1), ("annotation", 2**64), ("category", 2**70)],
+)
+def test_ids_outside_int64_are_refused(where, value):
+    data = _dataset()
+    if where == "image":
+        data["images"][1]["id"] = value
+        match = rf"images\[1\]\.id {value} \('b\.jpg'\) is outside the 64-bit"
+    elif where == "annotation":
+        data["annotations"][0]["image_id"] = value
+        match = rf"annotations\[0\]\.image_id {value} is outside"
+    else:
+        data["categories"][0]["id"] = value
+        match = rf"categories\[0\]\.id {value} is outside"
+    with pytest.raises(UsageError, match=match) as err:
+        labels_from_dataset(data)
+    assert "\n" not in str(err.value)
+    data = _dataset()
+    data["images"][1]["id"] = 2**63 - 1  # the largest int64 is fine
+    data["annotations"][3]["image_id"] = 2**63 - 1
+    assert (2**63 - 1) in _by_id(labels_from_dataset(data))

@@ -75,6 +75,11 @@ def test_model_shorthand_and_model_option_overrides():
         ("train.ema_momentum=1.5", "must be in [0, 1)"),
         ("data.batch_size=null", "needs a value"),
         ("train.epochs", "--set expects KEY=VALUE"),
+        ("train.early_stopping_patience=-1", "must be"),
+        ("train.early_stopping_patience=1.5", "expects int"),
+        ("train.deterministic=yes please", "expects bool"),
+        ("evaluation.holdout_fraction=1.5", "must be in [0, 1)"),
+        ("evaluation.calibration_split=3", "must be 'train-holdout' or a split name"),
     ],
 )
 def test_bad_overrides_are_usage_errors(override, message):
@@ -130,3 +135,24 @@ def test_every_experiment_config_is_valid_and_documented():
         stem = os.path.basename(path)[: -len(".yaml")]
         if stem not in ("demo",):
             assert config["model"]["name"] == stem
+
+
+def test_calibration_source_refuses_the_reported_and_training_splits():
+    from kerasmlic.training import builder
+
+    def source(**evaluation):
+        config = config_lib.load_config(None, check_model=False)
+        config["evaluation"].update(evaluation)
+        return builder.calibration_source(config)
+
+    assert source() is None  # calibration off
+    assert source(calibrate=True) == "train-holdout"
+    assert source(calibrate=True, calibration_split="test") == "test"
+    for split, message in (
+        ("val", "split the figures are reported on"),
+        ("train", "training split"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            source(calibrate=True, calibration_split=split)
+    with pytest.raises(UsageError, match="holdout_fraction must be in"):
+        source(calibrate=True, holdout_fraction=0.0)

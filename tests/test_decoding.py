@@ -73,7 +73,17 @@ def test_greedy_hand_worked_with_masking_and_scores():
     )
     out = _decode(timed_step(table), 1, C3, max_labels=3)
     np.testing.assert_array_equal(out["sequence"], [[4, 3, END, PAD]])
-    np.testing.assert_allclose(out["scores"], [[0.5, 0.5, 0.25]], atol=1e-4)
+    # Inclusion sum_t p_t(c) prod_{s<t} (1 - p_s(c) - p_s(END)): c0 0.3 + 0.6 * 0.5,
+    # c1 0.5, c2 0.1 + 0.8 * 0.25 + 0.8 * 0.5 * 0.2.
+    np.testing.assert_allclose(out["scores"], [[0.6, 0.5, 0.38]], atol=1e-4)
+    np.testing.assert_allclose(out["inclusion_scores"], out["scores"])
+    # Noisy-OR 1 - prod_t (1 - p_t(c)): c0 1 - 0.7 * 0.5, c2 1 - 0.9 * 0.75 * 0.8.
+    np.testing.assert_allclose(out["noisy_or_scores"], [[0.65, 0.5, 0.46]], atol=1e-4)
+    np.testing.assert_allclose(out["max_scores"], [[0.5, 0.5, 0.25]], atol=1e-4)
+    maxed = _decode(timed_step(table), 1, C3, max_labels=3, class_score="max")
+    np.testing.assert_allclose(maxed["scores"], [[0.5, 0.5, 0.25]], atol=1e-4)
+    with pytest.raises(ValueError, match="class_score"):
+        _decode(timed_step(table), 1, C3, max_labels=3, class_score="mean")
     np.testing.assert_array_equal(out["multi_hot"], [[1.0, 1.0, 0.0]])
     np.testing.assert_allclose(out["log_prob"], [np.log(0.5 * 0.5 * 0.8)], atol=1e-4)
 
@@ -99,14 +109,77 @@ def test_beam_finds_better_sequence_than_greedy():
     np.testing.assert_allclose(np.exp(greedy["log_prob"]), [0.2], atol=1e-4)
     np.testing.assert_array_equal(beam["sequence"], [[4, END, PAD, PAD]])
     np.testing.assert_allclose(np.exp(beam["log_prob"]), [0.36], atol=1e-4)
-    # Scores along the best beam: step 0 gives c0 0.5, c1 0.4; step 1 (after c1) c2 0.05.
-    np.testing.assert_allclose(beam["scores"], [[0.5, 0.4, 0.05]], atol=1e-4)
+    # Scores along the best beam: step 0 gives c0 0.5, c1 0.4, c2 0; step 1
+    # (after c1) c0 and c2 0.05 each.
+    # Inclusion: c0 0.5 + 0.4 * 0.05, c1 0.4, c2 0.9 * 0.05.
+    np.testing.assert_allclose(beam["scores"], [[0.52, 0.4, 0.045]], atol=1e-4)
+    np.testing.assert_allclose(beam["noisy_or_scores"], [[1 - 0.5 * 0.95, 0.4, 0.05]], atol=1e-4)
+    np.testing.assert_allclose(beam["max_scores"], [[0.5, 0.4, 0.05]], atol=1e-4)
     np.testing.assert_array_equal(beam["multi_hot"], [[0.0, 1.0, 0.0]])
-    # Greedy's scores: step 0, then step 1 after c0 (c0 masked).
-    np.testing.assert_allclose(greedy["scores"], [[0.5, 0.4, 0.3]], atol=1e-4)
+    # Greedy's scores: step 0, then step 1 after c0 (c0 masked): c1 0.3, c2 0.3.
+    # Inclusion: c1 0.4 + 0.5 * 0.3, c2 0.9 * 0.3.
+    np.testing.assert_allclose(greedy["scores"], [[0.5, 0.55, 0.27]], atol=1e-4)
+    np.testing.assert_allclose(greedy["noisy_or_scores"], [[0.5, 1 - 0.6 * 0.7, 0.3]], atol=1e-4)
+    np.testing.assert_allclose(greedy["max_scores"], [[0.5, 0.4, 0.3]], atol=1e-4)
 
 
-def _brute_force(table, num_classes, max_labels):
+# Greedy emits c0, c1 (total 0.5 * 0.45 * 0.9 = 0.2025), but END at once has 0.3:
+# ranked by summed log probability, beam search returns the empty set.
+EAGER_END_TABLE = np.stack(
+    [
+        _logits({3: 0.5, 4: 0.1, 5: 0.1, END: 0.3}, V3),
+        _logits({4: 0.45, 5: 0.15, END: 0.4}, V3),
+        _logits({5: 0.1, END: 0.9}, V3),
+        _logits({END: 1.0}, V3),
+    ]
+)
+
+
+def test_length_penalty_keeps_beam_from_returning_only_end():
+    step = timed_step(EAGER_END_TABLE)
+    greedy = _decode(step, 1, C3, max_labels=3)
+    np.testing.assert_array_equal(greedy["sequence"], [[3, 4, END, PAD]])
+    plain = _decode(step, 1, C3, max_labels=3, beam_width=4, length_penalty=0.0)
+    np.testing.assert_array_equal(plain["sequence"], [[END, PAD, PAD, PAD]])
+    # GNMT alpha 1: log(0.2025) / (8/6) = -1.198 beats log(0.3) / 1 = -1.204 and
+    # c0, END: log(0.2) / (7/6) = -1.379.
+    normalised = _decode(step, 1, C3, max_labels=3, beam_width=4, length_penalty=1.0)
+    np.testing.assert_array_equal(normalised["sequence"], [[3, 4, END, PAD]])
+    np.testing.assert_allclose(normalised["log_prob"], [np.log(0.2025)], atol=1e-4)
+    # The mean log probability per token (offset 0): -0.532 against -1.204.
+    mean = _decode(step, 1, C3, max_labels=3, beam_width=4, length_penalty=1.0, length_offset=0.0)
+    np.testing.assert_array_equal(mean["sequence"], [[3, 4, END, PAD]])
+
+
+def test_length_penalty_divisor_hand_worked():
+    got = decoding.length_penalty_divisor(tf.constant([1.0, 2.0, 7.0]), 1.0).numpy()
+    np.testing.assert_allclose(got, [1.0, 7 / 6, 2.0], rtol=1e-6)
+    got = decoding.length_penalty_divisor(tf.constant([3.0]), 0.5, offset=0.0).numpy()
+    np.testing.assert_allclose(got, [np.sqrt(3.0)], rtol=1e-6)
+    np.testing.assert_array_equal(decoding.length_penalty_divisor(tf.constant([4.0]), 0), [1.0])
+
+
+def test_length_penalty_lengthens_beam_sequences():
+    # Random Markov chains over 5 classes: with the penalty, beam search's
+    # sets are longer on average (summed log probability favours short ones).
+    rng = np.random.default_rng(0)
+    num_classes, batch = 5, 64
+    vocab = num_classes + 3
+    table = tf.constant(rng.normal(0, 1, (vocab, vocab)), tf.float32)
+    noise = tf.constant(rng.normal(0, 1.5, (batch, vocab)), tf.float32)
+
+    def step(tokens, state, context):
+        return tf.gather(table, tokens) + context, state, None
+
+    lengths = {}
+    for alpha in (0.0, 1.0):
+        out = _decode(step, batch, num_classes, 4, 4, context=noise, length_penalty=alpha)
+        lengths[alpha] = out["multi_hot"].sum(1)
+    assert np.all(lengths[1.0] >= lengths[0.0] - 1)
+    assert lengths[1.0].mean() > lengths[0.0].mean() + 0.2, lengths
+
+
+def _brute_force(table, num_classes, max_labels, length_penalty=0.0):
     """Best and greedy sequences of a Markov table by enumeration (numpy)."""
     vocab = num_classes + 3
 
@@ -120,7 +193,7 @@ def _brute_force(table, num_classes, max_labels):
         z = np.where(allowed, table[prev].astype(np.float64), -1e9)
         return z - np.log(np.exp(z - z.max()).sum()) - z.max()
 
-    best = (-np.inf, None)
+    best = (-np.inf, -np.inf, None)
     labels = range(3, vocab)
     for n in range(max_labels + 1):
         for seq in itertools.permutations(labels, n):
@@ -128,7 +201,8 @@ def _brute_force(table, num_classes, max_labels):
             for t, token in enumerate((*seq, END)):
                 logp += step_logp(prev, seq[:t], t)[token]
                 prev = token
-            best = max(best, (logp, (*seq, END)))
+            rank = logp / ((5.0 + n + 1) / 6.0) ** length_penalty
+            best = max(best, (rank, logp, (*seq, END)))
     prev, emitted, greedy = START, [], []
     for t in range(max_labels + 1):
         token = int(np.argmax(step_logp(prev, emitted, t)))
@@ -137,24 +211,30 @@ def _brute_force(table, num_classes, max_labels):
             break
         emitted.append(token)
         prev = token
-    return best, greedy
+    return best[1:], greedy
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_exhaustive_beam_and_greedy_match_enumeration(seed):
+# Seeds 4, 31, 41 and 53: tables whose best sequence changes with the length penalty.
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("seed", [0, 4, 31, 41, 53])
+def test_exhaustive_beam_and_greedy_match_enumeration(seed, length_penalty):
     # With C = 2 and max_labels = 2 there are at most 5 partial sequences per
-    # step, so a beam of 5 is exhaustive and must find the best sequence.
+    # step, so a beam of 5 is exhaustive and must find the best sequence (by
+    # the length-normalised rank; the early stop must not cut it short).
     rng = np.random.default_rng(seed)
     num_classes, max_labels = 2, 2
     table = rng.normal(0, 2, (5, 5)).astype(np.float32)
-    (best_logp, best_seq), greedy_seq = _brute_force(table, num_classes, max_labels)
-    beam = _decode(markov_step(table), 1, num_classes, max_labels, beam_width=5)
+    (best_logp, best_seq), greedy_seq = _brute_force(table, num_classes, max_labels, length_penalty)
+    beam = _decode(
+        markov_step(table), 1, num_classes, max_labels, beam_width=5, length_penalty=length_penalty
+    )
     greedy = _decode(markov_step(table), 1, num_classes, max_labels, beam_width=1)
     pad = lambda s: list(s) + [PAD] * (max_labels + 1 - len(s))  # noqa: E731
     np.testing.assert_array_equal(beam["sequence"][0], pad(best_seq))
     np.testing.assert_allclose(beam["log_prob"][0], best_logp, atol=1e-4)
     np.testing.assert_array_equal(greedy["sequence"][0], pad(greedy_seq))
-    assert beam["log_prob"][0] >= greedy["log_prob"][0] - 1e-5
+    if not length_penalty:
+        assert beam["log_prob"][0] >= greedy["log_prob"][0] - 1e-5
 
 
 @pytest.mark.parametrize("beam_width", [1, 3])
@@ -199,6 +279,8 @@ def test_end_first_gives_empty_set_and_later_steps_do_not_count():
     np.testing.assert_array_equal(out["multi_hot"], np.zeros((2, 3)))
     # c2 would score 0.99 at step 1, but the sequence had already ended.
     np.testing.assert_allclose(out["scores"], [[0.2, 0.1, 0.0]] * 2, atol=1e-4)
+    np.testing.assert_allclose(out["max_scores"], [[0.2, 0.1, 0.0]] * 2, atol=1e-4)
+    np.testing.assert_allclose(out["noisy_or_scores"], [[0.2, 0.1, 0.0]] * 2, atol=1e-4)
 
 
 def test_lengths_force_exact_label_counts_and_step_probs():

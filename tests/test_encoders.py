@@ -40,6 +40,7 @@ def test_tiny_contract(size, grid):
 def test_normalizations():
     expected = {
         "tiny": "unit",
+        "small": "unit",
         "resnet50": "caffe",
         "resnet101": "caffe",
         "mobilenet_v3_small": "raw",
@@ -47,14 +48,17 @@ def test_normalizations():
         "efficientnet_v2_b0": "raw",
         "convnext_tiny": "raw",
         "savedmodel:/any/path": "unit",
+        "hub:/any/preset": "raw",  # the preset's normalisation runs inside the encoder
     }
-    assert set(encoder_names()) == set(expected) - {"savedmodel:/any/path"}
+    assert set(encoder_names()) == set(expected) - {"savedmodel:/any/path", "hub:/any/preset"}
     for name, normalization in expected.items():
         assert encoder_normalization(name) == normalization
 
 
 def test_unknown_encoder_lists_valid_ones():
-    with pytest.raises(UsageError, match="valid encoders: tiny, resnet50.*savedmodel:PATH"):
+    with pytest.raises(
+        UsageError, match="valid encoders: tiny, small, resnet50.*savedmodel:PATH, hub:<preset>"
+    ):
         build_encoder("vgg16", 32)
     with pytest.raises(UsageError, match="unknown encoder"):
         encoder_normalization("resnet")

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 from helpers_data import write_tiny_coco
 from helpers_training import cli_main, tiny_shards
 
@@ -31,7 +32,8 @@ def trained_run(shards, tmp_path_factory):
     return train(config, log=lambda line: None)
 
 
-def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run):
+def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run, shards):
+    from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.metrics import evaluate_predictions
     from kerasmlic.training.trainer import find_thresholds_layers, load_model
 
@@ -40,13 +42,18 @@ def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run):
     thresholds = layer.thresholds.numpy()
     assert thresholds.shape == (80,) and not np.allclose(thresholds, 0.5)
     with np.load(os.path.join(trained_run, "predictions_val.npz")) as npz:
-        y, scores, predicted = npz["y_true"], npz["scores"], npz["predicted"]
+        scores, predicted = npz["scores"], npz["predicted"]
     np.testing.assert_array_equal(predicted, (scores >= thresholds).astype(np.float32))
-    calibrated = evaluate_predictions(y, scores, predicted)
-    plain = evaluate_predictions(y, scores, thresholds=0.5)
+    # Fit on the train holdout (the default), where they beat 0.5 class by class;
+    # the val figures are reported with them but never chose them.
+    held = predict_split(model, shards, "train", holdout=("heldout", 0.1))
+    calibrated = evaluate_predictions(held["y_true"], held["scores"], thresholds=thresholds)
+    plain = evaluate_predictions(held["y_true"], held["scores"], thresholds=0.5)
     f1 = [[row["F1"] for row in r["per_class"]] for r in (calibrated, plain)]
     assert all(a >= b - 1e-9 for a, b in zip(f1[0], f1[1], strict=True))
     assert sum(f1[0]) > sum(f1[1])
+    during = json.loads(open(os.path.join(trained_run, "eval_val.json")).read())
+    assert during["thresholds_from"] == "train-holdout"
 
 
 # ------------------------------------------------------------------- evaluate
@@ -58,7 +65,8 @@ def test_evaluate_cli_writes_the_json_with_design_keys(trained_run, tmp_path, ca
     printed = capsys.readouterr().out
     assert "mAP" in printed and "top-3" in printed and str(out) in printed
     results = json.loads(out.read_text())
-    assert set(results) == set(RESULT_KEYS)
+    assert set(results) == {*RESULT_KEYS, "thresholds_from"}
+    assert results["thresholds_from"] == "train-holdout"
     assert results["num_images"] == 32 and len(results["per_class"]) == 80
     assert set(results["per_class"][0]) == {"name", "AP", "P", "R", "F1", "support"}
     assert results["per_class"][0]["name"] == "person"
@@ -145,13 +153,20 @@ def test_gain_analysis_finds_a_planted_relation():
 # ------------------------------------------------------------------ reproduce
 
 
-def check_report(out, models):
+@pytest.fixture(scope="module")
+def shards_with_test(tmp_path_factory):
+    return tiny_shards(str(tmp_path_factory.getbasetemp() / "tiny-test"), test=24)
+
+
+def check_report(out, models, split="test", seeds=1):
     text = open(os.path.join(out, "results.md")).read()
     for name in models:
         assert f"(`{name}`)" in text
-        assert os.path.isfile(os.path.join(out, name, "eval_val.json"))
-    assert "| model | P | R | F1 | mAP | CF1 | OF1 |" in text
-    for png in ("pr_curves.png", "training_curves.png", "per_class_ap.png", "ap_gain_analysis.png"):
+        for seed in range(seeds):
+            assert os.path.isfile(os.path.join(out, name, f"seed-{seed}", f"eval_{split}.json"))
+    assert "| model | P | R | F1 | mAP | CF1 | OF1 | seeds |" in text
+    pngs = ["seed_error_bars.png", "pr_curves.png", "training_curves.png", "per_class_ap.png"]
+    for png in [*pngs, "ap_gain_analysis.png"]:
         path = os.path.join(out, png)
         assert os.path.getsize(path) > 5000, png
         with open(path, "rb") as f:
@@ -160,18 +175,79 @@ def check_report(out, models):
     return text
 
 
-def test_reproduce_cli_on_tiny_data(shards, tmp_path):
+def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path):
+    from scipy import stats
+
     out = str(tmp_path / "rep")
-    argv = ["reproduce", "--data", shards, "--models", "bce,rnn_hidden", "--epochs", "1"]
+    argv = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden"]
+    argv += ["--epochs", "1", "--seeds", "2", "--rates", "1e-3,4e-3", "--tune-epochs", "1"]
     argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
     argv += ["--set", "train.verbose=0"]
     assert cli_main(argv) == 0
-    text = check_report(out, ["bce", "rnn_hidden"])
-    assert "Binary cross entropy (`bce`)" in text
-    # A second call reuses the finished runs instead of training again.
-    before = os.path.getmtime(os.path.join(out, "bce", "best.keras"))
+    text = check_report(out, ["bce", "rnn_hidden"], split="test", seeds=2)
+    assert "Binary cross entropy (`bce`)" in text and "on the `test` split" in text
+    f1 = {}
+    for name in ("bce", "rnn_hidden"):
+        # The grid tried both rates on val; the chosen one has the best val mAP.
+        record = json.load(open(os.path.join(out, name, "tuning.json")))
+        assert record["rates"] == [1e-3, 4e-3] and record["epochs"] == 1
+        assert set(record["val_mAP"]) == {repr(1e-3), repr(4e-3)}
+        best = max(record["val_mAP"], key=lambda k: record["val_mAP"][k])
+        assert record["chosen"] == float(best)
+        for seed in range(2):
+            config = yaml.safe_load(open(os.path.join(out, name, f"seed-{seed}", "config.yaml")))
+            assert config["train"]["seed"] == seed
+            assert config["train"]["learning_rate"] == record["chosen"]
+        f1[name] = [
+            json.load(open(os.path.join(out, name, f"seed-{s}", "eval_test.json")))["OF1_top3"]
+            for s in range(2)
+        ]
+        # mean ± std over the 2 seeds, as the table prints it.
+        mean, std = np.mean(f1[name]), np.std(f1[name], ddof=1)
+        row = next(line for line in text.splitlines() if f"(`{name}`)" in line)
+        assert f"| {100 * mean:.1f} ± {100 * std:.1f} |" in row, row
+    diff = np.subtract(f1["rnn_hidden"], f1["bce"])
+    p = stats.ttest_rel(f1["rnn_hidden"], f1["bce"]).pvalue
+    paired = text.split("## Each model against BCE on F1@3")[1].split("## ")[0]
+    row = next(line for line in paired.splitlines() if line.startswith("| `rnn_hidden` |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{100 * diff.mean():+.2f}" and cells[2] == f"{100 * diff.std(ddof=1):.2f}"
+    assert cells[3] == "2" and cells[5] == ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    # A second call reuses the tuning records and the finished runs.
+    before = os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras"))
     assert cli_main(argv) == 0
-    assert os.path.getmtime(os.path.join(out, "bce", "best.keras")) == before
+    assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
+
+
+def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):
+    import builtins
+
+    from kerasmlic.reporting.stats import mean_std, paired_comparison, t_two_sided_p
+
+    assert mean_std([1.0, 3.0, None, float("nan")]) == (2.0, pytest.approx(2**0.5), 2)
+    # Differences 0.1, 0.2, 0.3: mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3.
+    out = paired_comparison([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    assert out["mean_diff"] == pytest.approx(0.2) and out["std_diff"] == pytest.approx(0.1)
+    assert out["t"] == pytest.approx(2 * 3**0.5) and out["method"] == "scipy"
+    # t = 2 sqrt 3 with 2 df: p = 1 - t / sqrt(t^2 + 2) = 1 - sqrt(12 / 14).
+    assert out["p"] == pytest.approx(1 - (12 / 14) ** 0.5, rel=1e-9)
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    fallback = paired_comparison([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    assert fallback["method"] == "math" and fallback["p"] == pytest.approx(out["p"], rel=1e-9)
+    monkeypatch.undo()
+    from scipy import stats
+
+    for t, df in ((0.3, 1), (2.5, 3), (-4.0, 7), (12.0, 30)):
+        assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-8)
+    single = paired_comparison([0.6], [0.5])
+    assert single["n"] == 1 and np.isnan(single["p"])
 
 
 def test_reproduce_rejects_unknown_models(shards, tmp_path):
@@ -181,6 +257,8 @@ def test_reproduce_rejects_unknown_models(shards, tmp_path):
         reproduce(shards, models=["bce", "vgg_magic"], out=str(tmp_path))
     with pytest.raises(UsageError, match="does not exist"):
         reproduce(str(tmp_path / "none"), models=["bce"], out=str(tmp_path))
+    with pytest.raises(UsageError, match="--seeds"):
+        reproduce(shards, models=["bce"], out=str(tmp_path), seeds=0)
 
 
 @pytest.mark.slow
@@ -194,11 +272,12 @@ def test_reproduce_three_models_two_epochs(shards, tmp_path):
         models=models,
         epochs=2,
         out=out,
+        rates=None,
         overrides=["data.image_size=32", "data.batch_size=8", "train.verbose=0"],
         log=lambda line: None,
     )
-    check_report(out, models)
-    assert report["ordering_holds"] in (True, False)
+    check_report(out, models, split="val")
+    assert report["ordering_holds"] in (True, False) and report["split"] == "val"
 
 
 @pytest.mark.slow
@@ -210,4 +289,11 @@ def test_demo_end_to_end(tmp_path):
     assert out["results"]["mAP"] > 0.40
     for path in out["plots"].values():
         assert os.path.getsize(path) > 5000
-    assert os.path.isfile(os.path.join(out["run_dir"], "eval_val.json"))
+    assert os.path.isfile(os.path.join(out["run_dir"], "eval_val.json"))  # model selection
+    assert out["split"] == "test"  # the figures: a split no choice has seen
+    test = json.load(open(os.path.join(out["run_dir"], "eval_test.json")))
+    from kerasmlic.data.manifest import load_manifest
+
+    built = load_manifest(out["shard_dir"])["splits"]["test"]["num_examples"]
+    assert 950 <= test["num_images"] == built <= 1000  # images with no label are not built
+    assert test["mAP"] == out["results"]["mAP"]

@@ -27,6 +27,7 @@ from kerasmlic.export import export_saved_model
 from kerasmlic.export import saved_model as sm
 from kerasmlic.export.rest import request_body
 from kerasmlic.export.serving import decode_batch, rank_labels
+from kerasmlic.export.warmup import WARMUP_FILE, read_warmup_requests
 from kerasmlic.models.base import Thresholds
 from kerasmlic.models.registry import build_model
 
@@ -154,7 +155,9 @@ def test_decode_batch_eager_and_in_tf_data():
     ds = tf.data.Dataset.from_tensor_slices(encoded).batch(3)
     (mapped,) = list(ds.map(lambda b: decode_batch(b, SIZE)))
     np.testing.assert_array_equal(mapped.numpy(), expected)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is not a JPEG"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is not a JPEG, PNG"
+    ):
         decode_batch(tf.constant([encoded[0], encoded[1], b"GIF? no"]), SIZE)
 
 
@@ -164,7 +167,23 @@ def test_decode_batch_eager_and_in_tf_data():
 def test_layout_versions_and_assets(exports, tmp_path):
     path = exports["paths"]["bce"]
     assert os.path.basename(path) == "1"
-    assert sorted(os.listdir(path)) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert sorted(os.listdir(path)) == [
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "saved_model.pb",
+        "variables",
+    ]
+    # TF Serving warm-up: one PredictionLog per batch size, run by the loaded signature.
+    requests = read_warmup_requests(os.path.join(path, "assets.extra", WARMUP_FILE))
+    assert [(sig, inputs["image_bytes"].shape) for sig, inputs in requests] == [
+        ("serving_default", (1,)),
+        ("serving_default", (8,)),
+    ]
+    loaded = tf.saved_model.load(path)
+    for sig, inputs in requests:
+        out = loaded.signatures[sig](image_bytes=tf.constant(inputs["image_bytes"]))
+        assert out["scores"].shape == (len(inputs["image_bytes"]), 5)
     with open(os.path.join(path, "assets", "labels.txt")) as f:
         assert f.read().splitlines() == CLASS_NAMES
     with open(os.path.join(path, "assets", "metadata.json")) as f:

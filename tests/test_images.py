@@ -41,40 +41,98 @@ def test_valid_rgb_jpeg_passes_through_byte_for_byte():
     assert (out.width, out.height, out.reencoded) == (40, 30, None)
 
 
-@pytest.mark.parametrize("mode", ["L", "CMYK"])
-def test_gray_and_cmyk_jpeg_are_converted_to_rgb(mode):
-    src = _rgb().convert(mode)
-    data = _encode(src)
-    assert _decoded(data)[1] == mode
+def _tf_pixels(data):
+    import tensorflow as tf
+
+    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+
+
+def _animated(fmt):
+    frames = [_rgb(seed=1), _rgb(seed=2)]
+    if fmt == "GIF":
+        frames = [f.convert("P") for f in frames]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=50)
+    return buf.getvalue()
+
+
+def _palette_bmp():
+    img = _rgb(12, 10).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return _encode(img, "BMP")
+
+
+# (name, bytes, stored byte for byte?) — every kind the build meets.
+KINDS = [
+    ("jpeg_rgb", lambda: _encode(_rgb()), True),
+    ("jpeg_gray", lambda: _encode(_rgb().convert("L")), True),
+    ("jpeg_cmyk", lambda: _encode(_rgb().convert("CMYK")), True),
+    ("jpeg_progressive", lambda: _encode(_rgb(), progressive=True), True),
+    ("png_rgb", lambda: _encode(_rgb(), "PNG"), True),
+    ("png_alpha", lambda: _encode(_rgb().convert("RGBA"), "PNG"), True),
+    ("png_gray", lambda: _encode(_rgb().convert("L"), "PNG"), True),
+    ("png_palette", lambda: _encode(_rgb().convert("P"), "PNG"), True),
+    ("png_16bit", lambda: _encode(Image.fromarray(np.full((6, 5), 40000, np.uint16)), "PNG"), True),
+    ("gif", lambda: _encode(_rgb().convert("P"), "GIF"), True),
+    ("webp", lambda: _encode(_rgb(), "WEBP", lossless=True), True),
+    ("bmp_rgb", lambda: _encode(_rgb(), "BMP"), True),
+    ("bmp_gray", lambda: _encode(_rgb().convert("L"), "BMP"), True),
+    ("bmp_palette", _palette_bmp, False),
+    ("bmp_1bit", lambda: _encode(_rgb().convert("1"), "BMP"), False),
+    ("tiff", lambda: _encode(_rgb(), "TIFF"), False),
+    ("webp_animated", lambda: _animated("WEBP"), False),
+    ("gif_animated", lambda: _animated("GIF"), True),
+]
+
+
+@pytest.mark.parametrize("name, make, kept", KINDS, ids=[k[0] for k in KINDS])
+def test_files_tensorflow_decodes_are_stored_byte_for_byte_the_rest_as_lossless_png(
+    name, make, kept
+):
+    data = make()
     out = prepare_image_bytes(data)
-    assert out.reencoded == "mode"
-    assert _decoded(out.encoded) == ("JPEG", "RGB", (40, 30))
-    # Same picture: compare against PIL's own RGB conversion of the source.
-    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
-    got = np.asarray(Image.open(io.BytesIO(out.encoded)), np.float32)
-    assert np.abs(got - want).mean() < 6.0
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    if kept:
+        assert out.encoded == data and out.reencoded is None
+        if name.startswith(("png", "gif", "webp", "bmp")) and name != "png_16bit":
+            # TensorFlow reads these lossless formats to PIL's pixels exactly.
+            np.testing.assert_array_equal(_tf_pixels(data), want)
+    else:
+        assert out.reencoded == "converted"
+        assert _decoded(out.encoded)[0] == "PNG"
+        # Lossless: TensorFlow reads the PNG to exactly PIL's pixels of the source.
+        np.testing.assert_array_equal(_tf_pixels(out.encoded), want)
+    assert (out.height, out.width) == want.shape[:2]
 
 
-def test_png_behind_jpg_name_is_converted(tmp_path):
+def test_tensorflow_misreads_a_palette_bmp_which_is_why_it_is_converted():
+    data = _palette_bmp()
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(_tf_pixels(data).astype(int) - want).max() > 50
+
+
+def test_png_behind_jpg_name_is_stored_as_is(tmp_path):
     path = tmp_path / "fake.jpg"
-    path.write_bytes(_encode(_rgb(), "PNG"))
+    data = _encode(_rgb(), "PNG")
+    path.write_bytes(data)
     out = prepare_image(str(path))
-    assert out.reencoded == "format"
-    assert _decoded(out.encoded) == ("JPEG", "RGB", (40, 30))
+    assert out.encoded == data and out.reencoded is None and out.source_format == "PNG"
 
 
-def test_transparent_png_is_composited_on_white():
-    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    out = prepare_image_bytes(_encode(rgba, "PNG"))
-    pixels = np.asarray(Image.open(io.BytesIO(out.encoded)))
-    assert pixels.min() >= 250
+def test_exif_orientation_is_reported_not_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(_rgb(40, 30), exif=exif.tobytes())
+    out = prepare_image_bytes(data, declared_size=(30, 40))  # declared as displayed: swapped
+    assert out.orientation == 6 and out.encoded == data and (out.width, out.height) == (40, 30)
+    assert prepare_image_bytes(_encode(_rgb())).orientation == 1
 
 
-def test_sixteen_bit_png_is_scaled_not_clipped():
-    arr = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
-    out = prepare_image_bytes(_encode(Image.fromarray(arr), "PNG"))
-    pixels = np.asarray(Image.open(io.BytesIO(out.encoded)))[..., 0]
-    assert pixels.max() >= 250 and pixels.min() <= 5
+def test_max_side_drops_alpha_as_tensorflow_does():
+    rgba = Image.new("RGBA", (40, 20), (10, 200, 30, 0))
+    out = prepare_image_bytes(_encode(rgba, "PNG"), max_side=20)
+    assert out.reencoded == "max_side"
+    pixels = np.asarray(Image.open(io.BytesIO(out.encoded)), np.int32)
+    assert np.abs(pixels - [10, 200, 30]).max() <= 3  # the colour, not white
 
 
 @pytest.mark.parametrize(

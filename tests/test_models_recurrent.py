@@ -8,7 +8,8 @@ from helpers_models import learns_tiny_task, run_model_battery, tiny_dataset
 
 from kerasmlic.data.sequences import END, NUM_SPECIAL, PAD, START
 from kerasmlic.errors import UsageError
-from kerasmlic.models.recurrent import region_pool_size
+from kerasmlic.models import sequence_losses as sl
+from kerasmlic.models.recurrent import AUX_GATE_INIT, region_pool_size
 from kerasmlic.models.registry import build_model
 
 # Small enough for 2 CPU cores; max_labels matches the helper datasets (4).
@@ -112,7 +113,7 @@ def test_attention_output_and_no_repeats(decoding):
 
 
 def _sequence_log_prob(model, images, sequence):
-    """Log probability and per-class max probability of given sequences (teacher forcing)."""
+    """Log probability and per-class scores of given sequences (teacher forcing)."""
     full = np.concatenate([np.full((len(sequence), 1), START), sequence], axis=1)
     y = {"multi_hot": np.zeros((len(sequence), NUM_CLASSES), np.float32), "sequence": full}
     y_pred, _ = model.teacher_forced(images, y, training=False)
@@ -130,7 +131,8 @@ def test_greedy_and_beam_agree_with_teacher_forcing():
     greedy.compile(optimizer=keras.optimizers.Adam(3e-3))
     # Targets without sequences: the model orders labels by class index itself.
     greedy.fit(tiny_dataset(32, batch_size=8), epochs=1, verbose=0)
-    beam = _model("rnn_hidden", cell="lstm", decoding="beam", beam_width=4)
+    # Summed log probability (no length penalty): beam search must beat greedy on it.
+    beam = _model("rnn_hidden", cell="lstm", decoding="beam", beam_width=4, length_penalty=0.0)
     beam.set_weights(greedy.get_weights())
     _discourage_end(greedy, -1.0)
     _discourage_end(beam, -1.0)
@@ -143,12 +145,53 @@ def test_greedy_and_beam_agree_with_teacher_forcing():
     for row, steps in zip(g["sequence"], g_steps, strict=True):
         end = list(row).index(END)
         np.testing.assert_array_equal(steps[: end + 1].argmax(-1), row[: end + 1])
-    # Decoded scores = highest probability of each class along the sequence.
+    # Decoded scores = 1 - prod_t (1 - p_t(c)) along the sequence, as teacher forcing.
     np.testing.assert_allclose(g["scores"], g_scores, atol=1e-5)
     np.testing.assert_allclose(b["scores"], b_scores, atol=1e-5)
     # Beam search finds sequences at least as probable as greedy's here, better somewhere.
     assert np.all(b_lp >= g_lp - 1e-4), (b_lp, g_lp)
     assert np.any(b_lp > g_lp + 1e-3) or np.array_equal(b["sequence"], g["sequence"])
+
+
+def test_aux_head_feeds_decoder_and_adds_bce():
+    images = _images(4)
+    targets = next(iter(tiny_dataset(4, seed=1, batch_size=4, with_sequences=True, max_labels=4)))[
+        1
+    ]
+    plain = _model("rnn_hidden", aux_loss_weight=0)
+    assert "aux_logits" not in [w.path.split("/")[-2] for w in plain.weights]
+    with_aux = _model("rnn_hidden", aux_loss_weight=0.5)
+    dense = next(w for w in with_aux.weights if "aux_logits" in w.path and "kernel" in w.path)
+    assert dense.shape[-1] == NUM_CLASSES
+    y_pred, inputs = with_aux.teacher_forced(images, targets, training=False)
+    aux = inputs["aux_logits"]
+    seq_loss = float(sl_loss(y_pred))
+    total = float(with_aux.multilabel_loss(targets, y_pred))
+    bce = float(
+        tf.reduce_mean(
+            tf.reduce_sum(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=targets["multi_hot"], logits=aux),
+                axis=-1,
+            )
+        )
+    )
+    np.testing.assert_allclose(total, seq_loss + 0.5 * bce, rtol=1e-5)
+    # The head's logits, times the learnt gate, shift the label tokens' logits at
+    # every step: a large bias on one class makes it the first decoded label.
+    gate = next(w for w in with_aux.weights if w.path.endswith("aux_logits/gate"))
+    assert float(gate.numpy()) == AUX_GATE_INIT
+    np.testing.assert_allclose(inputs["label_bias"], AUX_GATE_INIT * aux.numpy(), atol=1e-6)
+    gate.assign(1.0)
+    dense.assign(np.zeros(dense.shape, np.float32))
+    b = next(w for w in with_aux.weights if "aux_logits" in w.path and "bias" in w.path)
+    b.assign(np.array([0, 0, 20.0, 0, 0], np.float32))
+    out = with_aux(images, training=False)
+    np.testing.assert_array_equal(out["sequence"].numpy()[:, 0], [NUM_SPECIAL + 2] * 4)
+    assert np.all(out["scores"].numpy()[:, 2] > 0.99)
+
+
+def sl_loss(y_pred):
+    return sl.sequence_loss(y_pred["logits"], y_pred["targets"], y_pred["allowed"])
 
 
 def test_pla_aligns_targets_to_predictions():
@@ -180,6 +223,10 @@ def test_option_errors():
         _model("rnn_hidden", label_order="alphabetical")
     with pytest.raises(UsageError, match="beam_width"):
         _model("rnn_hidden", decoding="beam", beam_width=NUM_CLASSES + 2)
+    with pytest.raises(UsageError, match="length_penalty"):
+        _model("rnn_hidden", length_penalty=-1.0)
+    with pytest.raises(UsageError, match="aux_loss_weight"):
+        _model("rnn_hidden", aux_loss_weight="yes")
     with pytest.raises(UsageError, match="valid options"):
         _model("seq2seq", heads=4)
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers_multiworker import free_ports, kill_all, start_worker, wait_all
+from helpers_multiworker import SCRIPTED_MAP_ENV, free_ports, kill_all, start_worker, wait_all
 from helpers_training import tiny_shards
 
 from kerasmlic.errors import UsageError
@@ -194,3 +194,38 @@ def test_two_workers_recurrent_model_sharded_by_data(shards, tmp_path):
     for key in w0:
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
     assert np.isfinite(float(_history(tmp_path / "run")[0]["loss"]))
+
+
+def test_two_workers_stop_early_together_deterministic_and_calibrated(shards, tmp_path):
+    import json
+
+    config = _config(shards, tmp_path / "run", epochs=5)
+    config["train"].update(early_stopping_patience=2, deterministic=True)
+    config["evaluation"].update(calibrate=True, holdout_fraction=0.25)
+    # The chief's val mAP: best at epoch 2, then two passes without a gain.
+    env = {SCRIPTED_MAP_ENV: "0.5,0.6,0.55,0.6,0.9"}
+    procs = []
+    try:
+        ports = free_ports(2)
+        procs = [
+            start_worker(config, tmp_path / f"w{i}.npz", tmp_path / f"w{i}.log",
+                         ports=ports, index=i, extra_env=env)
+            for i in range(2)
+        ]  # fmt: skip
+        codes = wait_all(procs, TIMEOUT)
+    finally:
+        kill_all(procs)
+    chief_log = _log(tmp_path / "w0.log")
+    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / "w1.log")[-3000:]
+    assert "early stop after epoch 4" in chief_log and "epoch 5/5" not in chief_log
+    # Both workers left after epoch 4 with the same weights.
+    w0, w1 = _weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")
+    for key in w0:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    run = tmp_path / "run"
+    assert [float(r["val_mAP"]) for r in _history(run)] == [0.5, 0.6, 0.55, 0.6]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early_at"] == 4 and summary["best_epoch"] == 2
+    assert summary["thresholds_from"] == "train-holdout"
+    assert json.loads((run / "eval_val.json").read_text())["thresholds_from"] == "train-holdout"
+    assert "held out of 'train'" in chief_log

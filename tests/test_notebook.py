@@ -8,6 +8,7 @@ which the kernel inherits.
 
 import json
 import os
+import re
 import sys
 
 import nbformat
@@ -78,7 +79,9 @@ def test_quickstart_notebook_runs_at_tiny_settings(tmp_path, monkeypatch):
     text = "\n".join(_outputs_text(c) for c in nb.cells if c.cell_type == "code")
     assert "train: 24 images" in text and "val: 12 images" in text
     assert "best val mAP" in text
-    assert "max |difference| of the outputs = 0.00e+00" in text
+    # Reloading reproduces the outputs (float32 rounding at most).
+    diff = re.search(r"max \|difference\| of the outputs = (\S+)", text)
+    assert diff is not None and float(diff.group(1)) < 1e-6
     assert "registered as kerasmlic>" in text
     # What the notebook wrote: the best model, the SavedModel version 1.
     assert os.path.isfile(os.path.join(workdir, "best.keras"))

@@ -156,7 +156,7 @@ def test_training_shapes_dtypes_ranges_and_labels(data_dir, mode, lo, hi):
 def test_training_reads_every_record_including_png_and_augments(data_dir):
     ds = pipeline.make_dataset(
         data_dir, "train", image_size=12, batch_size=4, training=True, drop_remainder=False,
-        with_ids=True, normalization="raw",
+        with_ids=True, normalization="raw", augment={"crop_scale": [0.25, 1]},
     )  # fmt: skip
     _, _, _, ids = collect(ds)
     assert sorted(ids) == list(range(1, 13))

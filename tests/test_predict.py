@@ -124,7 +124,7 @@ def test_predict_text_skips_bad_files_and_exits_2(runs, exported, images, capsys
     errors = captured.err.strip().splitlines()
     assert errors == [
         f"kerasmlic predict: {images['missing']}: No such file or directory",
-        f"kerasmlic predict: {images['bad']}: not a JPEG or PNG image",
+        f"kerasmlic predict: {images['bad']}: not a JPEG, PNG, GIF, BMP or WebP image",
     ]
     lines = captured.out.strip().splitlines()
     assert [line.split(": ")[0] for line in lines] == good
@@ -239,3 +239,36 @@ def test_attention_maps_follow_the_emitting_step(runs):
     fallback = explain_labels(model, images, [[c] for c in missing])
     assert [m[0][1] for m in fallback] == ["grad-cam", "grad-cam"]
     assert all(0.0 <= m[0][0].min() and m[0][0].max() <= 1.0 for m in fallback)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_predict_turns_exif_rotated_photos_upright_before_scoring(
+    exported, tmp_path, orientation, capsys
+):
+    from PIL import Image
+
+    rng = np.random.RandomState(7)
+    upright = rng.randint(0, 80, (24, 40, 3)).astype(np.uint8)
+    upright[4:12, 5:20, 0] = 250
+    # What a phone writes: the sensor's pixels plus a tag saying how to turn them.
+    stored = {3: np.rot90(upright, 2), 6: np.rot90(upright, 1), 8: np.rot90(upright, -1)}
+    stored = np.ascontiguousarray(stored[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    phone = str(tmp_path / "phone.png")
+    Image.fromarray(stored).save(phone, exif=exif.tobytes())
+    plain = str(tmp_path / "upright.png")
+    Image.fromarray(upright).save(plain)
+
+    assert predict_files(exported, [phone, plain], json_output=True) == 0
+    got = json.loads(capsys.readouterr().out)["predictions"]
+    assert got[0]["labels"] == got[1]["labels"] and got[0]["top"] == got[1]["top"]
+
+    # The SavedModel itself ignores EXIF, like TensorFlow's decoders: the raw
+    # file scores as the sideways pixels.
+    loaded = tf.saved_model.load(os.path.join(exported, "1"))
+    serve = loaded.signatures["serving_default"]
+    raw = serve(image_bytes=tf.constant([open(phone, "rb").read()]))["scores"].numpy()
+    sideways = serve(image_bytes=tf.constant([tf.io.encode_png(stored).numpy()]))
+    np.testing.assert_allclose(raw, sideways["scores"].numpy(), atol=1e-6)
+    assert abs(got[0]["top"]["score"] - float(raw[0, got[0]["top"]["id"]])) > 1e-4

@@ -34,8 +34,15 @@ def test_sequence_loss_and_scores_hand_worked():
     weighted = sl.sequence_loss(logits, targets, allowed, sample_weight=tf.constant([3.0, 1.0]))
     np.testing.assert_allclose(weighted.numpy(), (3 * first + second) / 4, rtol=1e-5)
     scores = sl.teacher_forced_scores(logits, targets, allowed).numpy()
-    # Example 0: c0 max(1/4, 1/3) , c1 1/4, c2 max(1/4, 1/3, 1/2).
-    np.testing.assert_allclose(scores, [[1 / 3, 1 / 4, 1 / 2], [1 / 4] * 3], rtol=1e-5)
+    # Inclusion sum_t p_t(c) prod_{s<t} (1 - p_s(c) - p_s(END)) over the non-PAD
+    # steps. Example 0: c0 1/4 + (1/2)(1/3), c1 1/4, c2 1/4 + (1/2)(1/3) +
+    # (1/2)(1/3)(1/2); example 1: step 0 only.
+    np.testing.assert_allclose(scores, [[5 / 12, 1 / 4, 1 / 2], [1 / 4] * 3], rtol=1e-5)
+    noisy_or = sl.teacher_forced_scores(logits, targets, allowed, "noisy_or").numpy()
+    # 1 - prod_t (1 - p_t(c)): c0 1 - (3/4)(2/3), c2 1 - (3/4)(2/3)(1/2).
+    np.testing.assert_allclose(noisy_or, [[1 / 2, 1 / 4, 3 / 4], [1 / 4] * 3], rtol=1e-5)
+    maxed = sl.teacher_forced_scores(logits, targets, allowed, "max").numpy()
+    np.testing.assert_allclose(maxed, [[1 / 3, 1 / 4, 1 / 2], [1 / 4] * 3], rtol=1e-5)
 
 
 def test_sequence_loss_is_finite_with_a_malformed_target():

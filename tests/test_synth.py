@@ -370,3 +370,30 @@ def test_interrupted_run_leaves_no_annotation_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         synth._write_json_atomic(str(tmp_path / "annotations" / "x.json"), {"a": 1})
     assert os.listdir(tmp_path / "annotations") == []
+
+
+def test_test_split_leaves_train_and_val_byte_identical(tmp_path, capsys):
+    kw = dict(train=6, val=3, image_size=32, seed=2, progress=False)
+    synth.synthesize(tmp_path / "a", **kw)
+    summary = synth.synthesize(tmp_path / "b", test=4, **kw)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert {
+        k: v for k, v in b.items() if not k.startswith(("test", "annotations/instances_test"))
+    } == a
+    coco = _load(tmp_path / "b" / "annotations" / "instances_test.json")
+    assert [m["id"] for m in coco["images"]] == [10, 11, 12, 13]  # after train and val
+    assert sorted(os.listdir(tmp_path / "b" / "test")) == [f"{i:012d}.jpg" for i in range(10, 14)]
+    assert summary["num_test"] == 4 and summary["splits"]["test"]["images"] == 4
+    # Test images are new draws, not copies of val images.
+    val = set(v for k, v in b.items() if k.startswith("val/"))
+    assert not val & set(v for k, v in b.items() if k.startswith("test/"))
+    # A rerun without --test removes the earlier test split.
+    synth.synthesize(tmp_path / "b", **kw)
+    assert not (tmp_path / "b" / "test").exists()
+    assert not (tmp_path / "b" / "annotations" / "instances_test.json").exists()
+    from kerasmlic import cli
+
+    assert cli.main(["synth", str(tmp_path / "c"), "--train", "2", "--val", "1", "--test", "2",
+                     "--image-size", "32"]) == 0  # fmt: skip
+    assert "2 train + 1 val + 2 test images" in capsys.readouterr().out
+    assert len(os.listdir(tmp_path / "c" / "test")) == 2

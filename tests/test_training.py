@@ -13,6 +13,7 @@ import pytest
 import yaml
 from helpers_training import REPO, cli_command, cli_main, subprocess_env, tiny_shards
 
+from kerasmlic.data.manifest import file_sha256
 from kerasmlic.errors import UsageError
 from kerasmlic.metrics import RESULT_KEYS, evaluate_predictions
 from kerasmlic.training import callbacks as cb
@@ -76,13 +77,18 @@ def test_class_weights_hand_worked():
 def test_weighted_bce_matches_hand_computation():
     y = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     p = np.array([[0.8, 0.3], [0.6, 0.9]], np.float32)
-    loss = WeightedBinaryCrossentropy([2.0, 1.0], [1.0, 3.0])
-    per_example = keras.ops.convert_to_numpy(loss.call(y, p))
+    loss = WeightedBinaryCrossentropy([2.0, 1.0], [1.0, 3.0])  # from logits by default
+    logits = np.log(p) - np.log1p(-p)
+    per_example = keras.ops.convert_to_numpy(loss.call(y, logits))
     expected = [
         -(2 * math.log(0.8)) - 3 * math.log(0.7),
         -math.log(0.4) - 3 * math.log(0.9),
     ]
     np.testing.assert_allclose(per_example, expected, rtol=1e-5)
+    on_probabilities = WeightedBinaryCrossentropy([2.0, 1.0], [1.0, 3.0], from_logits=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(on_probabilities.call(y, p)), expected, rtol=1e-5
+    )
     restored = WeightedBinaryCrossentropy.from_config(loss.get_config())
     assert restored.pos_weight == [2.0, 1.0] and restored.class_weight == [1.0, 3.0]
 
@@ -160,7 +166,7 @@ def test_train_writes_the_run_dir(shards, tmp_path):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"]["name"] == "bce" and config["train"]["epochs"] == 2
     ref = json.loads((run_dir / "dataset.json").read_text())
-    assert ref["sha256"] == rundir.file_sha256(os.path.join(shards, "dataset.json"))
+    assert ref["sha256"] == file_sha256(os.path.join(shards, "dataset.json"))
     assert ref["path"] == os.path.abspath(shards) and ref["num_classes"] == 80
 
     rows = history_rows(run_dir / "history.csv")
@@ -171,7 +177,8 @@ def test_train_writes_the_run_dir(shards, tmp_path):
     assert all(0 < m <= 1 for m in maps) and float(rows[1]["lr"]) < float(rows[0]["lr"])
 
     results = json.loads((run_dir / "eval_val.json").read_text())
-    assert set(results) == set(RESULT_KEYS) and results["num_images"] == 32
+    assert set(results) == {*RESULT_KEYS, "thresholds_from"} and results["num_images"] == 32
+    assert results["thresholds_from"] is None  # not calibrated
     best = json.loads((run_dir / "best.json").read_text())
     assert best["val_mAP"] == pytest.approx(max(maps))
     assert results["mAP"] == pytest.approx(best["val_mAP"], abs=1e-6)
@@ -459,3 +466,131 @@ def test_mixed_precision_ema_and_xla_flags_train(shards, tmp_path):
     assert keras.mixed_precision.global_policy().name == policy  # restored
     results = json.loads((run_dir / "eval_val.json").read_text())
     assert 0 < results["mAP"] <= 1
+
+
+# ------------------------------------------- early stopping, determinism, holdout
+
+
+def test_patience_counter_counts_evaluated_epochs_without_a_gain():
+    counter = cb.PatienceCounter(2)
+    nan = {"val_mAP": float("nan")}
+    assert not counter.update({"val_mAP": 0.3}, improved=True)
+    assert not counter.update(nan, improved=False)  # not evaluated: not counted
+    assert not counter.update({"val_mAP": 0.2}, improved=False)
+    assert counter.update({"val_mAP": 0.25}, improved=False)
+    history = {"epoch": [0.0, 1.0, 2.0, 3.0], "val_mAP": [0.3, float("nan"), 0.2, 0.25]}
+    assert cb.evaluations_without_gain(history, best_epoch=1) == 2
+    assert cb.evaluations_without_gain(history, best_epoch=4) == 0
+    assert cb.evaluations_without_gain(history, best_epoch=None) == 3
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations(shards, tmp_path, monkeypatch):
+    from kerasmlic.training import train
+
+    # A scripted val mAP (the real evaluation runs, its mAP is replaced):
+    # best at epoch 2, then two passes without a gain.
+    script = iter([0.50, 0.60, 0.55, 0.60, 0.90, 0.95])
+    real = cb.MultiLabelEvaluation.evaluate
+
+    def scripted(self):
+        results = real(self)
+        results["mAP"] = next(script)
+        return results
+
+    monkeypatch.setattr(cb.MultiLabelEvaluation, "evaluate", scripted)
+    run_dir = tmp_path / "early"
+    config = tiny_config(shards, run_dir, epochs=6, train__early_stopping_patience=2)
+    lines = []
+    train(config, log=lines.append)
+    rows = history_rows(run_dir / "history.csv")
+    assert [float(r["val_mAP"]) for r in rows] == [0.50, 0.60, 0.55, 0.60]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["stopped_early_at"] == 4
+    assert json.loads((run_dir / "best.json").read_text())["epoch"] == 2
+    assert any("early stop after epoch 4" in line for line in lines)
+    assert json.loads((run_dir / "state.json").read_text())["stopped_early_at"] == 4
+
+
+def test_deterministic_runs_repeat_history_and_weights(shards, tmp_path):
+    from kerasmlic.training import train
+    from kerasmlic.training.trainer import load_model
+
+    runs = []
+    for name in ("a", "b"):
+        config = tiny_config(shards, tmp_path / name, epochs=2, train__deterministic=True)
+        train(config, log=lambda line: None)
+        runs.append(tmp_path / name)
+    rows = [history_rows(r / "history.csv") for r in runs]
+    for key in ("loss", "val_mAP"):
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+    weights = [load_model(str(r / "best.keras")).get_weights() for r in runs]
+    for w0, w1 in zip(*weights, strict=True):
+        np.testing.assert_array_equal(w0, w1)
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()  # switched off again
+
+
+def test_calibration_on_the_train_holdout_never_touches_val(shards, tmp_path):
+    from kerasmlic.data.pipeline import read_split_ids
+    from kerasmlic.evaluation.predict import predict_split
+    from kerasmlic.metrics import calibrate_thresholds
+    from kerasmlic.training import builder, train
+    from kerasmlic.training.trainer import find_thresholds_layers, load_model
+
+    run_dir = tmp_path / "cal"
+    config = tiny_config(
+        shards, run_dir, epochs=1, evaluation__calibrate=True, evaluation__holdout_fraction=0.25
+    )
+    lines = []
+    train(config, log=lines.append)
+    held = read_split_ids(shards, "train", ("heldout", 0.25))
+    rest = read_split_ids(shards, "train", ("rest", 0.25))
+    assert len(held) + len(rest) == 64 and 8 <= len(held) <= 28
+    assert any(f"training on {len(rest)} of 64 train images" in line for line in lines)
+    # The training stream reads the rest only.
+    from kerasmlic.training.trainer import resolve
+
+    resolved = resolve(config)
+    assert builder.train_holdout(resolved) == ("rest", 0.25)
+    model = load_model(str(run_dir / "best.keras"))
+    (layer,) = find_thresholds_layers(model)
+    out = predict_split(model, shards, "train", holdout=("heldout", 0.25))
+    np.testing.assert_array_equal(out["image_ids"], held)
+    expected = calibrate_thresholds(out["y_true"], out["scores"])
+    np.testing.assert_allclose(layer.thresholds.numpy(), expected, rtol=1e-6)
+    results = json.loads((run_dir / "eval_val.json").read_text())
+    assert results["thresholds_from"] == "train-holdout"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["calibrated"] and summary["thresholds_from"] == "train-holdout"
+
+
+def test_calibration_split_must_not_be_the_reported_one(shards, tmp_path):
+    from kerasmlic.training import train
+
+    for split, message in (("val", "split the figures are reported on"), ("nope", "nope")):
+        config = tiny_config(
+            shards, tmp_path / split, evaluation__calibrate=True,
+            evaluation__calibration_split=split,
+        )  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            train(config)
+        assert not os.path.exists(tmp_path / split)
+
+
+def test_train_stream_holds_out_the_fraction(shards):
+    from kerasmlic.data.pipeline import read_split_ids
+    from kerasmlic.models.registry import build_model
+    from kerasmlic.training import builder
+    from kerasmlic.training.trainer import resolve
+
+    config = resolve(tiny_config(shards, "unused", evaluation__calibrate=True))
+    config["data"]["batch_size"] = 4
+    model = build_model("bce", num_classes=80, image_size=32, encoder="tiny")
+    ds = builder.train_dataset(config, model, shards)
+    rest = builder.train_examples(config, shards, {"num_examples": 64})
+    assert rest == len(read_split_ids(shards, "train", ("rest", 0.1))) < 64
+    assert builder.steps_per_epoch(config, rest) == rest // 4
+    assert builder.train_holdout(resolve(tiny_config(shards, "unused"))) is None
+    images, targets = next(iter(ds))
+    assert images.shape == (4, 32, 32, 3) and targets.shape == (4, 80)

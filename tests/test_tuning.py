@@ -188,7 +188,10 @@ def test_load_tune_config_errors(shards):
     with pytest.raises(UsageError, match="needs --max-trials"):
         search.load_tune_config(_config(space, tuner="random"), data_dir=shards)
     with pytest.raises(UsageError, match="tune.tuner"):
-        search.load_tune_config(_config(space, tuner="grid"), data_dir=shards)
+        search.load_tune_config(_config(space, tuner="exhaustive"), data_dir=shards)
+    # The grid tuner needs no max_trials: it tries every combination once.
+    _, settings, _ = search.load_tune_config(_config(space, tuner="grid"), data_dir=shards)
+    assert settings["tuner"] == "grid" and settings["max_trials"] is None
     with pytest.raises(UsageError, match="multiworker is not for tuning"):
         search.load_tune_config(
             _config(space), data_dir=shards, overrides=["train.strategy=multiworker"]

@@ -10,14 +10,16 @@ How a build runs:
    recorded as skipped, and the rest, in ascending image id, are cut into
    contiguous blocks, one per shard. The plan is deterministic, so a rerun
    knows what every shard should contain before writing it.
-3. Images are read, checked and (where needed) re-encoded by
+3. Images are read, checked and (only where TensorFlow cannot decode them,
+   or ``max_side`` asks) converted by
    :mod:`kerasmlic.data.images` — with ``workers > 1`` in a pool of spawned
    processes, fed runs of :data:`CHUNK_SIZE` images with at most
    ``2 * workers`` runs in flight — and the main process writes the results
    in plan order. Memory stays flat: a bounded number of encoded images is in
    flight, each is written straight to disk. The pool processes import PIL
    only, not TensorFlow, so they start in well under a second; the output is
-   byte-identical whatever the number of workers.
+   byte-identical whatever the number of workers. A worker exits on its own
+   when the build process is gone (``kill -9``), so none is left behind.
 4. Each shard is written under ``NAME.tmp`` and renamed when complete; then a
    sidecar ``.SPLIT-00000-of-000NN.done.json`` records its sha256, a digest of
    its plan, the ids written and the images skipped while writing.
@@ -69,12 +71,13 @@ from kerasmlic.data.images import (
     prepare_image,
     resolve_image_path,
 )
+from kerasmlic.data.manifest import file_sha256
 from kerasmlic.errors import UsageError
 
 MIN_SHARDS = 8
 EXAMPLES_PER_SHARD = 1000
 TARGET_SHARD_BYTES = 150 * 10**6
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: files TensorFlow decodes are stored byte for byte
 CHUNK_SIZE = 8  # images per task sent to a worker
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
@@ -108,17 +111,11 @@ def default_num_shards(num_images, total_bytes):
     )
 
 
-def file_sha256(path):
-    """Return the hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _skip(file_name, image_id, reason):
-    return {"file": file_name, "image_id": image_id, "reason": reason}
+def _skip(file_name, image_id, reason, path=None):
+    record = {"file": file_name, "image_id": image_id, "reason": reason}
+    if path is not None:
+        record["path"] = path
+    return record
 
 
 def plan_images(images, images_root, keep_empty):
@@ -141,6 +138,7 @@ def plan_images(images, images_root, keep_empty):
             # Dropped before any file check: an image never read needs no report.
             num_empty += 1
             continue
+        path = os.path.join(images_root, img.file_name)  # the path tried, for messages
         try:
             check_declared_size(img.width, img.height)
             path = resolve_image_path(images_root, img.file_name)
@@ -155,7 +153,7 @@ def plan_images(images, images_root, keep_empty):
             if st.st_size == 0:
                 raise ImageSkip("empty file (0 bytes)")
         except ImageSkip as e:
-            skipped.append(_skip(img.file_name, img.image_id, str(e)))
+            skipped.append(_skip(img.file_name, img.image_id, str(e), path))
             continue
         entries.append(
             (
@@ -201,6 +199,7 @@ def _try_reuse(task):
             or record.get("file") != task["file"]
             or not isinstance(record.get("image_ids"), list)
             or not isinstance(record.get("skipped"), list)
+            or not isinstance(record.get("exif_orientation"), list)
             or record.get("num_examples") != len(record["image_ids"])
             or not os.path.isfile(final)
             or file_sha256(final) != record.get("sha256")
@@ -218,10 +217,27 @@ def _remove(path):
         pass
 
 
+def _exit_with_parent(parent_pid):
+    """Worker initializer: exit when the build process is gone (e.g. ``kill -9``).
+
+    A pool worker waits on a queue whose write end it holds itself, so it never
+    sees the parent die; a daemon thread polls the parent id instead.
+    """
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _prepare_chunk(entries, max_side):
     """Read and check a run of planned images (runs in a worker process).
 
-    Returns, per entry, ``(encoded, height, width, reencoded)`` or a skip reason.
+    Returns, per entry, ``(encoded, height, width, reencoded, orientation)`` or a
+    skip reason.
     """
     results = []
     for entry in entries:
@@ -230,7 +246,7 @@ def _prepare_chunk(entries, max_side):
             if os.path.realpath(path) != path:
                 raise ImageSkip("file was replaced by a symlink during the build; refused")
             p = prepare_image(path, max_side=max_side, declared_size=(width, height))
-            results.append((p.encoded, p.height, p.width, p.reencoded))
+            results.append((p.encoded, p.height, p.width, p.reencoded, p.orientation))
         except ImageSkip as e:
             results.append(str(e))
     return results
@@ -254,7 +270,10 @@ class _PreparedStream:
         if workers > 1 and len(entries) > CHUNK_SIZE:
             # spawn, not fork: the parent may already run TensorFlow's threads.
             self._executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
             for _ in range(2 * workers):
                 self._submit()
@@ -316,27 +335,31 @@ def _write_shard(task, items, strict, report):
     tmp = final + ".tmp"
     sidecar = os.path.join(out, task["sidecar"])
     _remove(sidecar)
-    written, skipped, reencoded = [], [], {}
+    written, skipped, reencoded, rotated = [], [], {}, []
     stopped = None
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for entry, result in items:
-                image_id, file_name, _, _, _, _, ids, areas, counts = entry
+                image_id, file_name, path, _, _, _, ids, areas, counts = entry
                 report(1)
                 if isinstance(result, str):
-                    skip = _skip(file_name, image_id, result)
+                    skip = _skip(file_name, image_id, result, path)
                     if strict:
                         stopped = {"stopped": skip}
                         break
                     skipped.append(skip)
                     continue
-                encoded, height, width, why = result
+                encoded, height, width, why, orientation = result
                 writer.write(
                     make_example(encoded, image_id, height, width, file_name, ids, areas, counts)
                 )
                 written.append(image_id)
                 if why:
                     reencoded[why] = reencoded.get(why, 0) + 1
+                if orientation != 1:
+                    rotated.append(
+                        {"file": file_name, "image_id": image_id, "orientation": orientation}
+                    )
         if stopped:
             _remove(tmp)
             return stopped
@@ -350,6 +373,7 @@ def _write_shard(task, items, strict, report):
             "image_ids": written,
             "skipped": skipped,
             "reencoded": reencoded,
+            "exif_orientation": rotated,
         }
         os.replace(tmp, final)
     except BaseException:
@@ -421,6 +445,41 @@ def _remove_stale(out, split, keep):
             _remove(os.path.join(out, name))
 
 
+def _print_warning(message):
+    print(f"kerasmlic build: warning: {message}", file=sys.stderr)
+
+
+def _nothing_written(annotations, images, plan_skips, num_empty, images_dir):
+    """The one-line error when a plan holds no image, naming the first file and path."""
+    head = f"no image of {annotations!r} can be written ({len(images)} images"
+    if plan_skips:
+        first = plan_skips[0]
+        return (
+            f"{head}, {num_empty} without labels, {len(plan_skips)} skipped; first: "
+            f"{first['file']} (image id {first['image_id']}), tried "
+            f"{first.get('path', first['file'])!r}: {first['reason']})"
+        )
+    if images:
+        first = images[0]
+        return (
+            f"{head}, all without labels; first: {first.file_name} (image id "
+            f"{first.image_id}) in {images_dir!r}; pass --keep-empty to keep unlabelled images)"
+        )
+    return f"{head}: its 'images' list is empty)"
+
+
+def _repeated_files(images, written_ids):
+    """``file_name``s used by several image ids (at least one written), with the ids."""
+    by_name = collections.defaultdict(list)
+    for img in images:
+        by_name[img.file_name].append(img.image_id)
+    return [
+        {"file": name, "image_ids": ids}
+        for name, ids in sorted(by_name.items())
+        if len(ids) > 1 and written_ids.intersection(ids)
+    ]
+
+
 def _check_args(annotations, images, split, out, shards, max_side, workers):
     if not isinstance(split, str) or not _SPLIT_RE.match(split):
         raise UsageError(
@@ -451,6 +510,7 @@ def build_split(
     keep_empty=False,
     strict=False,
     progress=True,
+    warn=None,
 ):
     """Build one split's TFRecord shards and record it in ``OUT/dataset.json``.
 
@@ -467,12 +527,15 @@ def build_split(
             COCO-2014 protocol).
         strict: Turn any skip into a :class:`UsageError` (module doc).
         progress: Show a tqdm progress bar on stderr.
+        warn: Called with each warning line (classes that are never positive);
+            default: print it to stderr.
 
     Returns:
         A summary dict: ``split``, ``out``, ``num_examples``, ``num_skipped``,
         ``num_empty_dropped``, ``num_shards``, ``shards_written``,
         ``shards_reused``, ``skipped`` (the records), ``reencoded`` (counts by
-        reason) and ``elapsed`` (seconds).
+        reason), ``unused_classes``, ``repeated_files``, ``exif_orientation``
+        (the lists also written to ``dataset.json``) and ``elapsed`` (seconds).
 
     Raises:
         UsageError: Bad arguments, a missing images folder, a malformed
@@ -504,13 +567,7 @@ def build_split(
     if strict and early_skips:
         raise _strict_error(early_skips)
     if not entries:
-        detail = (
-            f"; {len(plan_skips)} skipped, first: {plan_skips[0]['reason']}" if plan_skips else ""
-        )
-        raise UsageError(
-            f"no image of {annotations!r} can be written ({len(coco.images)} images, "
-            f"{num_empty} without labels{detail})"
-        )
+        raise UsageError(_nothing_written(annotations, coco.images, plan_skips, num_empty, images))
 
     num_shards = shards or default_num_shards(len(entries), sum(e[3] for e in entries))
     tasks = []
@@ -582,10 +639,27 @@ def build_split(
         first = write_skips[0]
         raise UsageError(
             f"no image of {annotations!r} could be written: {len(write_skips)} skipped "
-            f"(first: {first['file']}: {first['reason']})"
+            f"(first: {first['file']}, tried {first.get('path', first['file'])!r}: "
+            f"{first['reason']})"
         )
     stats = _split_stats((labels[i] for r in ordered for i in r["image_ids"]), len(coco.classes))
     skipped = early_skips + write_skips
+    unused = [
+        {"index": c["index"], "coco_id": c["coco_id"], "name": c["name"]}
+        for c in coco.classes
+        if stats["label_counts"][c["index"]] == 0
+    ]
+    if unused:
+        names = ", ".join(repr(c["name"]) for c in unused[:5])
+        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        (warn or _print_warning)(
+            f"{len(unused)} of {len(coco.classes)} categories have no annotation on a written "
+            f"{split} image: {names}{more}; they stay classes that are never positive here "
+            "(listed in dataset.json as unused_classes)"
+        )
+    written_ids = {i for r in ordered for i in r["image_ids"]}
+    repeated = _repeated_files(coco.images, written_ids)
+    rotated = [x for r in ordered for x in r["exif_orientation"]]
     entry = {
         "num_examples": num_examples,
         "shards": [
@@ -599,6 +673,9 @@ def build_split(
         "num_empty_dropped": num_empty,
         "reencoded": reencoded,
         "skipped": skipped,
+        "unused_classes": unused,
+        "repeated_files": repeated,
+        "exif_orientation": rotated,
         "source": {
             "annotations": os.path.abspath(annotations),
             "images": os.path.abspath(images),
@@ -628,6 +705,9 @@ def build_split(
         "shards_reused": num_shards - len(written),
         "skipped": skipped,
         "reencoded": reencoded,
+        "unused_classes": unused,
+        "repeated_files": repeated,
+        "exif_orientation": rotated,
         "elapsed": time.monotonic() - start,
     }
 
@@ -652,6 +732,13 @@ def format_summary(summary):
         total = sum(s["reencoded"].values())
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(s["reencoded"].items()))
         line += f"; {total} re-encoded ({parts})"
+    if s.get("repeated_files"):
+        line += (
+            f"; {len(s['repeated_files'])} file names used by several image ids "
+            "(listed in dataset.json)"
+        )
+    if s.get("exif_orientation"):
+        line += f"; {len(s['exif_orientation'])} with an EXIF rotation (not applied)"
     if s["num_skipped"]:
         first = s["skipped"][0]
         line += (

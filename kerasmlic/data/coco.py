@@ -10,7 +10,9 @@ What is an error and what is a recorded skip:
 
 * A file that is not COCO at all — missing, not JSON, no ``images`` /
   ``annotations`` / ``categories`` list, an entry of the wrong type, no
-  categories, a repeated category id — raises :class:`UsageError`.
+  categories, a repeated category id — raises :class:`UsageError`. So does an
+  image or category id outside the signed 64-bit range (JSON integers are
+  unbounded; the shards store ids as int64), before any shard is written.
 * A problem with one entry of an otherwise good file is a *skip* (a dict with
   ``file``, ``image_id``, ``reason``) and never loses a valid image:
 
@@ -84,8 +86,15 @@ class CocoLabels:
         return {c["coco_id"]: c["index"] for c in self.classes}
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _out_of_int64(value):
+    return not INT64_MIN <= value <= INT64_MAX
 
 
 def _is_number(value):
@@ -149,6 +158,8 @@ def check_structure(data, name="annotations"):
             fail(f"categories[{i}].name must be a string")
         if not isinstance(cat.get("supercategory", ""), str):
             fail(f"categories[{i}].supercategory must be a string")
+        if _out_of_int64(cat["id"]):
+            fail(f"categories[{i}].id {cat['id']} is outside the 64-bit integer range")
         if cat["id"] in seen:
             fail(f"category id {cat['id']} appears twice")
         seen.add(cat["id"])
@@ -157,6 +168,11 @@ def check_structure(data, name="annotations"):
             fail(f"images[{i}] is not an object")
         if not _is_int(img.get("id")):
             fail(f"images[{i}].id must be an integer, got {img.get('id')!r}")
+        if _out_of_int64(img["id"]):
+            fail(
+                f"images[{i}].id {img['id']} ({img.get('file_name')!r}) is outside the "
+                "64-bit integer range that shards store ids in"
+            )
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             fail(f"images[{i}].file_name must be a non-empty string")
         for key in ("width", "height"):
@@ -168,6 +184,8 @@ def check_structure(data, name="annotations"):
         for key in ("image_id", "category_id"):
             if not _is_int(ann.get(key)):
                 fail(f"annotations[{i}].{key} must be an integer, got {ann.get(key)!r}")
+            if _out_of_int64(ann[key]):
+                fail(f"annotations[{i}].{key} {ann[key]} is outside the 64-bit integer range")
         if ann.get("area") is not None and not _is_number(ann["area"]):
             fail(f"annotations[{i}].area must be a number, got {ann['area']!r}")
 

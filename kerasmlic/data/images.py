@@ -1,16 +1,21 @@
-"""Check image files and produce the JPEG bytes that go into a shard.
+"""Check image files and choose the bytes that go into a shard.
 
-Policy (each outcome is either JPEG bytes for the shard or an
-:class:`ImageSkip` with a one-line reason):
+Policy (each outcome is either bytes for the shard or an :class:`ImageSkip`
+with a one-line reason): **shards keep the user's pixels.**
 
-* A valid RGB JPEG is passed through byte for byte (it is fully decoded once,
-  at reduced DCT scale, to catch truncation).
-* A grayscale, CMYK or other non-RGB JPEG is converted to RGB and re-encoded.
-* A valid image of another format behind a ``.jpg`` name (PNG, GIF, BMP, WebP,
-  TIFF...) is **converted** to an RGB JPEG rather than skipped: the pixels are
-  fine, only the name is wrong, and dropping them would lose a valid image.
-  Transparent pixels are composited on white.
-* ``max_side`` downscales an image whose longer side exceeds it (aspect kept).
+* A file TensorFlow decodes correctly (``tf.io.decode_image``) is stored byte
+  for byte, whatever its name says: JPEG in any colour mode (RGB, grayscale,
+  CMYK), PNG (any bit depth, palette, alpha), GIF (the first frame is what
+  TensorFlow reads), still WebP, and BMP that is uncompressed 24/32-bit or
+  8-bit grayscale. So ``evaluate`` scores exactly the bytes a user later sends to
+  the exported SavedModel. The file is fully decoded once (JPEG at reduced
+  DCT scale) to catch truncation.
+* What TensorFlow cannot decode, or decodes wrongly (TIFF, palette or 1-bit
+  or compressed BMP, animated WebP, ...), is converted **losslessly** to PNG
+  (the first frame of an animation).
+* ``max_side`` downscales an image whose longer side exceeds it (aspect
+  kept) and re-encodes it as a quality-95 RGB JPEG: the one deliberate change,
+  recorded in ``dataset.json``.
 * Skipped: a missing or unreadable file, a zero-byte file, bytes no decoder
   recognises, a truncated or corrupt image, a side of 0 or above
   :data:`MAX_SIDE_LIMIT` pixels (declared or real), and declared dimensions
@@ -19,8 +24,12 @@ Policy (each outcome is either JPEG bytes for the shard or an
   accepted: EXIF-rotated files). A uniform rescale is accepted — users often
   store COCO pre-resized — because label areas are fractions of the image.
 
-EXIF orientation is ignored, as ``tf.io.decode_jpeg`` ignores it, so pass-through
-and re-encoded images are stored the same way.
+Alpha is dropped, not composited, wherever pixels are converted, because that
+is what TensorFlow's decoders do with ``channels=3``.
+
+EXIF orientation is not applied, as TensorFlow's decoders ignore it (and so
+does the SavedModel); :attr:`PreparedImage.orientation` reports it so that
+``build`` can list the files whose orientation tag is not 1.
 
 :func:`resolve_image_path` keeps every read inside the images folder.
 """
@@ -48,20 +57,26 @@ class ImageSkip(Exception):
 
 @dataclass
 class PreparedImage:
-    """JPEG bytes ready for a shard.
+    """Bytes ready for a shard.
 
     Attributes:
-        encoded: JPEG bytes.
+        encoded: The image bytes to store (the file's own bytes unless
+            ``reencoded`` says otherwise).
         height: Height of ``encoded`` in pixels.
         width: Width of ``encoded`` in pixels.
-        reencoded: ``None`` for a pass-through, else why it was re-encoded
-            (``"format"``, ``"mode"`` or ``"max_side"``).
+        reencoded: ``None`` when stored byte for byte, else why it was changed:
+            ``"converted"`` (a format TensorFlow cannot decode, stored as a
+            lossless PNG) or ``"max_side"`` (downscaled, stored as JPEG).
+        orientation: The file's EXIF orientation tag (1 when it has none).
+        source_format: The file's real format as PIL names it (``"JPEG"``...).
     """
 
     encoded: bytes
     height: int
     width: int
     reencoded: str | None = None
+    orientation: int = 1
+    source_format: str = ""
 
 
 def resolve_image_path(images_root, file_name):
@@ -140,25 +155,91 @@ def _target_size(width, height, max_side):
 
 
 def _to_rgb(img):
+    """RGB pixels as TensorFlow's decoders give them (alpha dropped, 16 bits to 8)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        # 16-bit / float grayscale: scale to 8 bits rather than clip.
+        # 16-bit / float grayscale: keep the high byte, as libpng's strip-16 does.
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype("uint8")).convert("RGB")
+        scale = 1.0 / 257.0 if img.mode != "F" else 255.0 / (arr.max() or 1.0)
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype("uint8")).convert("RGB")
     return img.convert("RGB")
 
 
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
+
+
+def _lossless(img):
+    """Pixels PNG can hold as they are: the mode kept where PNG has it."""
+    if img.mode in _PNG_MODES:
+        return img
+    if img.mode in ("RGBa", "RGBX", "PA") or "A" in img.getbands():
+        return img.convert("RGBA")
+    if img.mode in ("I", "I;16B", "I;16L", "I;16N") or img.mode.startswith("I;16"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.int64)
+        if arr.min() >= 0 and arr.max() <= 65535:
+            return Image.fromarray(arr.astype(np.uint16))
+    return _to_rgb(img)
+
+
+def _bmp_tf_decodes(data, mode):
+    """Whether TensorFlow's BMP decoder reads this file correctly.
+
+    It reads uncompressed 24- and 32-bit files, and 8-bit ones as grayscale
+    (ignoring the palette, so only a grayscale palette, PIL mode ``L``, is right).
+    """
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return False  # OS/2 or truncated header
+    bits = int.from_bytes(data[28:30], "little")
+    compression = int.from_bytes(data[30:34], "little")
+    return compression == 0 and (bits in (24, 32) or (bits == 8 and mode == "L"))
+
+
+def tensorflow_decodes(fmt, mode, data, frames=1):
+    """Whether ``tf.io.decode_image`` decodes a file correctly (so it is stored as is).
+
+    Args:
+        fmt: PIL's format name for the file.
+        mode: PIL's mode for it.
+        data: The file's bytes.
+        frames: Its number of frames (TensorFlow refuses an animated WebP
+            with ``channels=3``; of a GIF it reads the first frame).
+
+    Returns:
+        A bool.
+    """
+    if fmt in ("JPEG", "PNG", "GIF"):
+        return True
+    if fmt == "WEBP":
+        return frames == 1
+    if fmt == "BMP":
+        return _bmp_tf_decodes(data, mode)
+    return False
+
+
+def exif_orientation(img):
+    """Return an opened image's EXIF orientation tag (1 when absent or unreadable).
+
+    Args:
+        img: A PIL image.
+
+    Returns:
+        An int in 1..8 (1: as stored).
+    """
+    try:
+        value = img.getexif().get(0x0112, 1)
+        value = int(value)
+    except Exception:  # a malformed EXIF block must not lose the image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def prepare_image_bytes(data, *, max_side=None, declared_size=None):
-    """Validate encoded image bytes and return the JPEG to store.
+    """Validate encoded image bytes and return what to store (module doc).
 
     Args:
         data: The file's bytes.
@@ -195,18 +276,21 @@ def prepare_image_bytes(data, *, max_side=None, declared_size=None):
             raise ImageSkip(
                 f"declared size {width}x{height} disagrees with the file's {real_w}x{real_h}"
             )
+    orientation = exif_orientation(img)
 
     resize = max_side is not None and max(real_w, real_h) > max_side
-    passthrough = fmt == "JPEG" and img.mode == "RGB" and not resize
+    frames = getattr(img, "n_frames", 1)
+    keep = not resize and tensorflow_decodes(fmt, img.mode, data, frames)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if passthrough:
-                # Decoding at 1/8 scale still reads every entropy-coded byte, so
-                # truncation is caught at a fraction of the cost.
-                img.draft("RGB", (max(1, real_w // 8), max(1, real_h // 8)))
+            if keep:
+                if fmt == "JPEG":
+                    # Decoding at 1/8 scale still reads every entropy-coded byte, so
+                    # truncation is caught at a fraction of the cost.
+                    img.draft(img.mode, (max(1, real_w // 8), max(1, real_h // 8)))
                 img.load()
-                return PreparedImage(data, real_h, real_w, None)
+                return PreparedImage(data, real_h, real_w, None, orientation, fmt)
             if resize:
                 target = _target_size(real_w, real_h, max_side)
                 if fmt == "JPEG":
@@ -215,23 +299,23 @@ def prepare_image_bytes(data, *, max_side=None, declared_size=None):
                 img = _to_rgb(img)
                 if img.size != target:
                     img = img.resize(target, Image.Resampling.LANCZOS)
-                reason = "max_side"
+                out_format, options, reason = "JPEG", {"quality": JPEG_QUALITY}, "max_side"
             else:
                 img.load()
-                img = _to_rgb(img)
-                reason = "format" if fmt != "JPEG" else "mode"
+                img = _lossless(img)
+                out_format, options, reason = "PNG", {}, "converted"
     except ImageSkip:
         raise
     except Exception as e:  # truncated / corrupt data: OSError, SyntaxError, ValueError...
         raise ImageSkip(f"corrupt or truncated {fmt} image ({type(e).__name__}: {e})") from None
 
     out = io.BytesIO()
-    img.save(out, format="JPEG", quality=JPEG_QUALITY)
-    return PreparedImage(out.getvalue(), img.size[1], img.size[0], reason)
+    img.save(out, format=out_format, **options)
+    return PreparedImage(out.getvalue(), img.size[1], img.size[0], reason, orientation, fmt)
 
 
 def prepare_image(path, *, max_side=None, declared_size=None):
-    """Read an image file and return the JPEG to store (see :func:`prepare_image_bytes`).
+    """Read an image file and return the bytes to store (see :func:`prepare_image_bytes`).
 
     Args:
         path: A path returned by :func:`resolve_image_path`.

@@ -16,9 +16,19 @@ Layout (format version 1)::
           "cooccurrence": [[...], ...],   # C x C image counts, diagonal = label_counts
           "max_labels": 9,                # most labels on one example
           "num_empty_dropped": 48,        # images without labels left out (keep_empty off)
-          "reencoded": {"mode": 2, "format": 1},  # re-encoded images by reason
-                                          # ("mode", "format", "max_side")
-          "skipped": [{"file": "x.jpg", "image_id": 7, "reason": "..."}, ...],
+          "reencoded": {"converted": 1},  # images not stored byte for byte, by
+                                          # reason: "converted" (a format TensorFlow
+                                          # cannot decode, stored as lossless PNG),
+                                          # "max_side" (downscaled, stored as JPEG)
+          "skipped": [{"file": "x.jpg", "image_id": 7, "reason": "...",
+                       "path": "/abs/images/x.jpg"}, ...],
+          "unused_classes": [{"index": 4, "coco_id": 5, "name": "airplane"}],
+                                          # classes no written image has: never positive
+          "repeated_files": [{"file": "a.jpg", "image_ids": [3, 9]}],
+                                          # one file_name under several image ids
+          "exif_orientation": [{"file": "p.jpg", "image_id": 7, "orientation": 6}],
+                                          # EXIF orientation tag not 1 (not applied,
+                                          # as TensorFlow's decoders do not apply it)
           "source": {"annotations": "...", "images": "..."},
           "options": {"max_side": null, "keep_empty": false}
         }
@@ -26,12 +36,13 @@ Layout (format version 1)::
     }
 
 ``skipped`` lists every recorded problem: image files (``file`` is the
-annotations' ``file_name``) and single annotations (``file`` is the
-annotations file, with an extra ``annotation_id``). Beside the shards, hidden
+annotations' ``file_name``, ``path`` the path tried) and single annotations
+(``file`` is the annotations file, with an extra ``annotation_id``). Beside the shards, hidden
 ``.SPLIT-00000-of-000NN.done.json`` sidecars let an interrupted build resume
 (see :mod:`kerasmlic.data.build`); readers ignore them.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +51,21 @@ from kerasmlic.errors import UsageError
 
 MANIFEST_NAME = "dataset.json"
 FORMAT_VERSION = 1
+
+_LOADED = {}  # absolute data folder -> its manifest, as last loaded by this process
+
+
+def loaded_data_dirs():
+    """Return the shard folders whose ``dataset.json`` this process has loaded.
+
+    When a read of a shard fails (:mod:`kerasmlic.data.verify`), these are the
+    folders whose shards are checked to name the bad one.
+
+    Returns:
+        A dict: absolute folder path → its manifest, the most recently
+        loaded last.
+    """
+    return dict(_LOADED)
 
 
 def manifest_path(data_dir):
@@ -94,6 +120,9 @@ def load_manifest(data_dir):
         raise UsageError(f"cannot read {path!r}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise UsageError(f"{path!r} is not a kerasmlic dataset.json (format {FORMAT_VERSION})")
+    key = os.path.abspath(data_dir)
+    _LOADED.pop(key, None)  # most recently loaded last
+    _LOADED[key] = manifest
     return manifest
 
 
@@ -120,3 +149,19 @@ def shard_paths(data_dir, split, manifest=None):
 def class_names(manifest):
     """Return class names in contiguous index order."""
     return [c["name"] for c in sorted(manifest["classes"], key=lambda c: c["index"])]
+
+
+def file_sha256(path):
+    """Return the hex sha256 of a file, read in 1 MiB blocks.
+
+    Args:
+        path: A file.
+
+    Returns:
+        The digest as 64 hex characters (what ``dataset.json`` records per shard).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from kerasmlic.data import manifest as manifest_lib
 from kerasmlic.data import preprocessing, schema, sequences, targets
+from kerasmlic.data.augment import Augmentation, batch_augmenter
 from kerasmlic.errors import UsageError
 
 SHARD_POLICIES = ("auto", "file", "data", "off")
@@ -165,8 +166,8 @@ def make_dataset(
     num_workers=None,
     order_split="train",
     with_ids=False,
-    scale=preprocessing.DEFAULT_SCALE,
-    ratio=preprocessing.DEFAULT_RATIO,
+    augment=None,
+    holdout=None,
     antialias=False,
     dct_method="",
 ):
@@ -205,8 +206,15 @@ def make_dataset(
         order_split: Split whose ``label_counts`` rank the frequency orders.
         with_ids: Also yield the image ids, as ``(images, targets, ids)``
             (not for ``model.fit``, which reads a third item as weights).
-        scale: Crop area range for training (fraction of the image).
-        ratio: Crop width/height range for training.
+        augment: Training augmentation: an
+            :class:`~kerasmlic.data.augment.Augmentation`, a config's
+            ``data.augment`` dict, or ``"none"``; default ``Augmentation()``.
+            Ignored in evaluation mode.
+        holdout: ``None``, or ``(part, fraction)`` to keep only part of the
+            split, chosen by a hash of the image id (the same on every
+            machine and pass): ``("rest", f)`` drops the held-out fraction
+            ``f`` (training when thresholds are calibrated on a train
+            holdout), ``("heldout", f)`` keeps only it. See :func:`in_holdout`.
         antialias: Antialiased resizing (slower, sharper for big shrinks).
         dct_method: libjpeg IDCT for training crops (``""``, ``"INTEGER_FAST"``,
             ``"INTEGER_ACCURATE"``).
@@ -224,6 +232,10 @@ def make_dataset(
     _check_positive_int("image_size", image_size)
     _check_positive_int("batch_size", batch_size)
     preprocessing.check_normalization(normalization)
+    augmentation = Augmentation() if augment is None else Augmentation.from_config(augment)
+    batch_ops = batch_augmenter(augmentation, seed) if training else None
+    # Batch-level ops work on 0-255 pixels, so normalisation then follows them.
+    record_normalization = "raw" if batch_ops is not None else normalization
     if label_order is not None:
         targets.check_label_order(label_order)
         max_labels = sequences.DEFAULT_MAX_LABELS if max_labels is None else max_labels
@@ -255,6 +267,14 @@ def make_dataset(
     records = _read_records(files, training, ordered_read, seed, num_parallel_calls)
     if shard_records_here:
         records = records.shard(num_pipelines, pipeline_id)
+    if holdout is not None:
+        part, fraction = _check_holdout(holdout)
+        keep_heldout = part == "heldout"
+        records = records.filter(
+            lambda s: tf.equal(
+                in_holdout(schema.parse_example(s)[schema.IMAGE_ID], fraction), keep_heldout
+            )
+        )
 
     def make_targets(example, order_seed):
         hot = targets.multi_hot(example[schema.LABEL_IDS], num_classes)
@@ -284,10 +304,11 @@ def make_dataset(
         image = preprocessing.preprocess_for_train(
             example[schema.IMAGE_ENCODED],
             image_size,
-            normalization,
+            record_normalization,
             seed=image_seed,
-            scale=scale,
-            ratio=ratio,
+            scale=augmentation.crop_scale,
+            ratio=augmentation.crop_ratio,
+            flip=augmentation.flip,
             antialias=antialias,
             dct_method=dct_method,
         )
@@ -320,6 +341,13 @@ def make_dataset(
     # A plain batch after the parallel map lets tf.data fuse the two (map_and_batch
     # fusion), which cost ~5% less CPU per image than a parallel batch here.
     ds = ds.batch(batch_size, drop_remainder=drop)
+    if batch_ops is not None:
+
+        def augment_batch(images, *rest):
+            images = preprocessing.normalize(batch_ops(images), normalization)
+            return (images, *rest)
+
+        ds = ds.map(augment_batch, num_parallel_calls=num_parallel_calls, deterministic=keep_order)
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()
@@ -333,11 +361,52 @@ def make_dataset(
     return ds.with_options(options)
 
 
+HOLDOUT_PARTS = ("rest", "heldout")
+"""The two parts of a split :func:`in_holdout` divides."""
+
+_HOLDOUT_BUCKETS = 10_000
+
+
+def _check_holdout(holdout):
+    try:
+        part, fraction = holdout
+    except (TypeError, ValueError):
+        raise UsageError(f"holdout must be (part, fraction), got {holdout!r}") from None
+    if part not in HOLDOUT_PARTS:
+        raise UsageError(f"holdout part must be one of {', '.join(HOLDOUT_PARTS)}, got {part!r}")
+    if not 0 < float(fraction) < 1:
+        raise UsageError(f"holdout fraction must be in (0, 1), got {fraction!r}")
+    return part, float(fraction)
+
+
+def in_holdout(image_ids, fraction):
+    """Whether images belong to the held-out fraction of their split.
+
+    The choice hashes the image id (FarmHash of its decimal text), so it is the
+    same on every machine, pass and shard layout, and about ``fraction`` of
+    any split's images are held out.
+
+    Args:
+        image_ids: int64 tensor (or array) of image ids, any shape.
+        fraction: Held-out fraction in (0, 1).
+
+    Returns:
+        A bool tensor of the same shape.
+
+    Example:
+        >>> bool(in_holdout(tf.constant(7, tf.int64), 0.999))
+        True
+    """
+    text = tf.strings.as_string(tf.cast(image_ids, tf.int64))
+    bucket = tf.strings.to_hash_bucket_fast(text, _HOLDOUT_BUCKETS)
+    return bucket < int(round(float(fraction) * _HOLDOUT_BUCKETS))
+
+
 _LABEL_SPEC = {key: schema.FEATURE_SPEC[key] for key in (schema.IMAGE_ID, schema.LABEL_IDS)}
 _LABEL_SPEC[schema.LABEL_AREAS] = schema.FEATURE_SPEC[schema.LABEL_AREAS]
 
 
-def read_split_labels(data_dir, split):
+def read_split_labels(data_dir, split, holdout=None):
     """Read a split's image ids, multi-hot labels and label areas in eval order.
 
     The order is that of ``make_dataset(..., training=False)`` without
@@ -346,6 +415,7 @@ def read_split_labels(data_dir, split):
     Args:
         data_dir: Folder written by ``kerasmlic build``.
         split: Split name.
+        holdout: ``None`` or ``(part, fraction)``, as :func:`make_dataset`.
 
     Returns:
         A dict with ``image_ids`` int64 ``(N,)``, ``multi_hot`` float32
@@ -367,6 +437,10 @@ def read_split_labels(data_dir, split):
         area = np.zeros((len(batch_ids), num_classes), np.float32)
         hot[rows, cols] = 1.0
         area[rows, cols] = area_values
+        if holdout is not None:
+            part, fraction = _check_holdout(holdout)
+            keep = in_holdout(batch_ids, fraction).numpy() == (part == "heldout")
+            batch_ids, hot, area = batch_ids[keep], hot[keep], area[keep]
         ids.append(batch_ids)
         hots.append(hot)
         areas.append(area)
@@ -380,14 +454,15 @@ def read_split_labels(data_dir, split):
     }
 
 
-def read_split_ids(data_dir, split):
+def read_split_ids(data_dir, split, holdout=None):
     """Return a split's image ids in eval order (see :func:`read_split_labels`).
 
     Args:
         data_dir: Folder written by ``kerasmlic build``.
         split: Split name.
+        holdout: ``None`` or ``(part, fraction)``, as :func:`make_dataset`.
 
     Returns:
         int64 numpy array ``(N,)``.
     """
-    return read_split_labels(data_dir, split)["image_ids"]
+    return read_split_labels(data_dir, split, holdout)["image_ids"]

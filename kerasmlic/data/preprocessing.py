@@ -267,7 +267,8 @@ def preprocess_for_train(
         size: Output side in pixels.
         normalization: One of :data:`NORMALIZATIONS`.
         seed: ``None``, a Python int or a shape-``[2]`` int tensor.
-        scale: ``(min, max)`` fraction of the image area kept.
+        scale: ``(min, max)`` fraction of the image area kept; ``(1, 1)``
+            decodes and resizes the whole image (no crop).
         ratio: ``(min, max)`` width / height of the crop.
         flip: Whether to mirror at random.
         antialias: See :func:`resize_image`.
@@ -277,9 +278,13 @@ def preprocess_for_train(
         float32 tensor ``(size, size, 3)``.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
-    image = random_resized_crop(
-        image_bytes, size, scale, ratio, crop_seed, antialias=antialias, dct_method=dct_method
-    )
+    if tuple(scale) == (1.0, 1.0):
+        # No crop: the whole image, resized as in evaluation.
+        image = resize_image(decode_image(image_bytes), size, antialias=antialias)
+    else:
+        image = random_resized_crop(
+            image_bytes, size, scale, ratio, crop_seed, antialias=antialias, dct_method=dct_method
+        )
     if flip:
         image = random_flip_left_right(image, flip_seed)
     return normalize(image, normalization)

@@ -1,4 +1,4 @@
-"""The TFRecord schema: one ``tf.train.Example`` per image (see DESIGN.md).
+"""The TFRecord schema: one ``tf.train.Example`` per image (see docs/design.md).
 
 Writers (``build``, tests) call :func:`make_example`; readers (the tf.data
 pipeline) call :func:`parse_example`. Both sides import the keys from here so

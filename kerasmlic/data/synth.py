@@ -40,7 +40,7 @@ MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 MAX_IMAGES_PER_SPLIT = 1_000_000
 JPEG_QUALITY = 90
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 # An annotation is kept only if this share of the object's in-frame pixels, and
 # at least MIN_VISIBLE_PIXELS (at 64 px, scaled with the image area), stay visible.
@@ -785,18 +785,19 @@ def _encode_jpeg(pixels):
 
 
 _FILE_RE = re.compile(r"^\d{12}\.jpg$")
-_OWNED = {"annotations", "train", "val", "contact_sheet.png"}
+_OWNED = {"annotations", "train", "val", "test", "contact_sheet.png"}
 
 
-def _check_args(out_dir, train, val, image_size, seed):
-    for name, v in (("train", train), ("val", val), ("image_size", image_size), ("seed", seed)):
+def _check_args(out_dir, train, val, image_size, seed, test=0):
+    numbers = (("train", train), ("val", val), ("test", test))
+    for name, v in (*numbers, ("image_size", image_size), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer):
             raise UsageError(f"{name} must be an integer, got {v!r}")
-    for name, v in (("train", train), ("val", val)):
+    for name, v in numbers:
         if v < 0 or v > MAX_IMAGES_PER_SPLIT:
             raise UsageError(f"--{name} must be between 0 and {MAX_IMAGES_PER_SPLIT}, got {v}")
-    if train + val == 0:
-        raise UsageError("--train and --val are both 0: nothing to generate")
+    if train + val + test == 0:
+        raise UsageError("--train, --val and --test are all 0: nothing to generate")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise UsageError(
             f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} px, "
@@ -931,6 +932,7 @@ def synthesize(
     *,
     train=4000,
     val=1000,
+    test=0,
     image_size=64,
     seed=0,
     contact_sheet=True,
@@ -943,6 +945,10 @@ def synthesize(
             which is overwritten).
         train: Number of train images.
         val: Number of val images.
+        test: Number of test images (0: no test split). Final figures are
+            reported on it while val serves model selection. Each split
+            draws from its own random streams, so adding a test split leaves
+            train and val byte-identical.
         image_size: Side of the square images in pixels, 32..1024.
         seed: Random seed; the same seed gives byte-identical files.
         contact_sheet: Also write ``OUT/contact_sheet.png`` (sample train images
@@ -954,7 +960,7 @@ def synthesize(
         (``splits[name]``) the image, annotation, crowd and empty-image counts,
         ``mean_labels_per_image`` and paths, the overall
         ``mean_labels_per_image``, ``contact_sheet`` (path or None) and
-        ``elapsed_s``; flat aliases ``num_train``, ``num_val``,
+        ``elapsed_s``; flat aliases ``num_train``, ``num_val``, ``num_test``,
         ``mean_labels_train``, ``mean_labels_val`` and ``elapsed``.
 
     Raises:
@@ -962,14 +968,17 @@ def synthesize(
             something else.
     """
     start = time.perf_counter()
-    _check_args(out_dir, train, val, image_size, seed)
+    _check_args(out_dir, train, val, image_size, seed, test)
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
-    counts = {"train": int(train), "val": int(val)}
+    counts = {"train": int(train), "val": int(val), "test": int(test)}
     summary = {"out_dir": out_dir, "image_size": int(image_size), "seed": int(seed), "splits": {}}
     samples, sample_split = [], None
     first_id, first_ann = 1, 1
     for code, split in enumerate(SPLITS):
+        if split == "test" and not counts[split]:
+            _remove_split(out_dir, split)  # a test split of an earlier run is not this one
+            continue
         coco, got = _split_images(
             out_dir,
             split,
@@ -1007,10 +1016,25 @@ def synthesize(
     # Flat aliases, for callers that print a one-line summary.
     summary["num_train"] = summary["splits"]["train"]["images"]
     summary["num_val"] = summary["splits"]["val"]["images"]
+    summary["num_test"] = summary["splits"].get("test", {}).get("images", 0)
     summary["mean_labels_train"] = summary["splits"]["train"]["mean_labels_per_image"]
     summary["mean_labels_val"] = summary["splits"]["val"]["mean_labels_per_image"]
     summary["elapsed"] = summary["elapsed_s"]
     return summary
+
+
+def _remove_split(out_dir, split):
+    """Delete a split's annotation file and images left by an earlier run."""
+    ann = os.path.join(out_dir, "annotations", f"instances_{split}.json")
+    if os.path.exists(ann):
+        os.remove(ann)  # first: without it the folder no longer counts as a split
+    img_dir = os.path.join(out_dir, split)
+    if os.path.isdir(img_dir):
+        for f in os.listdir(img_dir):
+            if _FILE_RE.match(f):
+                os.remove(os.path.join(img_dir, f))
+        if not os.listdir(img_dir):
+            os.rmdir(img_dir)
 
 
 def _sheet_samples(samples):

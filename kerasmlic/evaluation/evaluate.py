@@ -25,7 +25,7 @@ def format_table(results):
 
 
 def evaluate_model(model, data_dir, split, names, *, batch_size=64):
-    """Predict a split and compute DESIGN.md's metrics.
+    """Predict a split and compute docs/design.md's metrics.
 
     Args:
         model: A kerasmlic model.
@@ -78,6 +78,28 @@ def write_evaluation(results, predictions, json_path, npz_path=None):
             os.remove(tmp)
 
 
+def thresholds_source(run_dir):
+    """Return where a run fit its thresholds (``summary.json``), or None.
+
+    Args:
+        run_dir: A run directory.
+
+    Returns:
+        ``"train-holdout"``, a split name, or None (not calibrated, or an
+        unfinished run).
+    """
+    import json
+
+    from kerasmlic.training.rundir import RunPaths
+
+    path = RunPaths(run_dir).summary
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary.get("thresholds_from")
+
+
 def evaluate_run(run_dir, data_dir=None, split="val", json_path=None, *, batch_size=64, log=print):
     """Evaluate a run's best model; print the table and write the JSON.
 
@@ -90,7 +112,8 @@ def evaluate_run(run_dir, data_dir=None, split="val", json_path=None, *, batch_s
         log: A ``print``-like function (None: silent).
 
     Returns:
-        The metric dict (DESIGN.md keys).
+        The metric dict (docs/design.md keys), plus ``thresholds_from``: where the
+        run fit its thresholds (``train-holdout`` or a split name), or None.
 
     Raises:
         UsageError: Missing run dir, model or data folder; a missing split;
@@ -110,15 +133,18 @@ def evaluate_run(run_dir, data_dir=None, split="val", json_path=None, *, batch_s
     split_info(manifest, split, data_dir)
     check_same_classes(reference, manifest, data_dir)
     if log is not None and os.path.abspath(data_dir) == reference.get("path"):
-        from kerasmlic.data.manifest import manifest_path
-        from kerasmlic.training.rundir import file_sha256
+        from kerasmlic.data.manifest import file_sha256, manifest_path
 
         if file_sha256(manifest_path(data_dir)) != reference.get("sha256"):
             log(f"note: {data_dir} was rebuilt since training (dataset.json sha256 differs)")
+    thresholds_from = thresholds_source(run_dir)
+    if log is not None and thresholds_from == split:
+        log(f"note: the thresholds were fit on {split!r}: its CF1/OF1/EF1 are optimistic")
     model = load_model(paths.best)
     results, predictions = evaluate_model(
         model, data_dir, split, class_names(manifest), batch_size=batch_size
     )
+    results["thresholds_from"] = thresholds_from
     json_path = json_path or paths.eval_json(split)
     default_place = os.path.abspath(json_path) == os.path.abspath(paths.eval_json(split))
     write_evaluation(

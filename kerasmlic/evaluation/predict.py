@@ -20,7 +20,7 @@ def model_image_size(model):
     return int(model.inputs[0].shape[1])
 
 
-def predict_split(model, data_dir, split, *, batch_size=64, labels=None):
+def predict_split(model, data_dir, split, *, batch_size=64, labels=None, holdout=None):
     """Run a model over a split and return its outputs beside the ground truth.
 
     Images go through the eval-mode pipeline (whole image, resized, the
@@ -31,7 +31,10 @@ def predict_split(model, data_dir, split, *, batch_size=64, labels=None):
         data_dir: Shard folder.
         split: Split name.
         batch_size: Images per prediction batch.
-        labels: Optional result of ``read_split_labels`` to reuse.
+        labels: Optional result of ``read_split_labels`` to reuse (read with
+            the same ``holdout``).
+        holdout: ``None``, or ``(part, fraction)`` to predict part of the
+            split only (see ``kerasmlic.data.pipeline.make_dataset``).
 
     Returns:
         A dict of numpy arrays: ``scores`` (N, C) float32, ``predicted``
@@ -46,7 +49,8 @@ def predict_split(model, data_dir, split, *, batch_size=64, labels=None):
 
     from kerasmlic.data.pipeline import make_dataset, read_split_labels
 
-    labels = labels if labels is not None else read_split_labels(data_dir, split)
+    if labels is None:
+        labels = read_split_labels(data_dir, split, holdout)
     num_classes = (getattr(model, "_kerasmlic_config", None) or {}).get("num_classes")
     if num_classes is not None and labels["multi_hot"].shape[1] != num_classes:
         raise UsageError(
@@ -61,6 +65,7 @@ def predict_split(model, data_dir, split, *, batch_size=64, labels=None):
         training=False,
         normalization=model.normalization,
         drop_remainder=False,
+        holdout=holdout,
     ).map(lambda images, targets: images)
     # A known length lets Keras stop cleanly instead of warning that the input ran out.
     num_batches = -(-labels["multi_hot"].shape[0] // batch_size)

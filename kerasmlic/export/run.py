@@ -70,7 +70,7 @@ def scalar_metrics(evaluation):
     """Keep the scalar entries of an evaluation dict (drops ``per_class``).
 
     Args:
-        evaluation: A dict with DESIGN.md's metric keys.
+        evaluation: A dict with docs/design.md's metric keys.
 
     Returns:
         A dict of the int/float entries.

@@ -4,10 +4,11 @@ The layout is what TF Serving watches: a base folder (``saved_models/NAME``)
 holding numeric version folders, each a SavedModel with the signatures of
 :mod:`kerasmlic.export.serving` (``serving_default`` on image bytes,
 ``serving_images`` on uint8 pixels), an ``explain`` signature returning heat
-maps per label (:mod:`kerasmlic.export.explain`), and two files in ``assets/``:
+maps per label (:mod:`kerasmlic.export.explain`), two files in ``assets/``:
 ``labels.txt`` (one class name per line, index order) and ``metadata.json``
 (model name, config, metrics at export time, normalisation, image size,
-kerasmlic version, export date).
+kerasmlic version, export date), and TF Serving warm-up requests in
+``assets.extra/tf_serving_warmup_requests`` (:mod:`kerasmlic.export.warmup`).
 
 **Export with no GPU visible.** On a GPU, Keras traces ``GRU``/``LSTM`` layers
 to cuDNN kernels (``CudnnRNNV3``) that have no CPU implementation, so a model
@@ -184,7 +185,7 @@ def build_metadata(model, class_names, *, metadata=None, device_note="", explain
         "kerasmlic_version": kerasmlic.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "export_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "export_date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if explain:
         meta["signatures"][EXPLAIN_SIGNATURE] = {
@@ -228,7 +229,12 @@ def export_saved_model(model, out_dir, *, class_names, version=None, metadata=No
     import keras
 
     from kerasmlic.export.explain import make_explain_function
-    from kerasmlic.export.serving import EXPLAIN_SIGNATURE, make_serving_functions
+    from kerasmlic.export.serving import (
+        EXPLAIN_SIGNATURE,
+        make_serving_functions,
+        model_image_size,
+    )
+    from kerasmlic.export.warmup import write_warmup_requests
 
     class_names = [str(n) for n in class_names]
     num_classes = (getattr(model, "_kerasmlic_config", None) or {}).get("num_classes")
@@ -272,6 +278,11 @@ def export_saved_model(model, out_dir, *, class_names, version=None, metadata=No
         with open(os.path.join(assets, METADATA_ASSET), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
             f.write("\n")
+        write_warmup_requests(
+            tmp,
+            image_size=model_image_size(model),
+            model_name=os.path.basename(os.path.normpath(os.path.abspath(out_dir))),
+        )
         if os.path.exists(final):
             raise UsageError(f"{final!r} appeared during the export; not overwriting it")
         # mkdtemp makes the folder private (0700); a server running as another

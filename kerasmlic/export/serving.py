@@ -8,7 +8,7 @@ the model's decoding loop (greedy or beam, as configured), its calibrated
 thresholds (the ``Thresholds`` layer weight) and the class names (a string
 constant) all end up in the graph.
 
-Outputs of every serving function (DESIGN.md → Export):
+Outputs of every serving function (docs/design.md → Export):
 
 - ``scores``: ``(B, C)`` float32 per-class scores;
 - ``label_ids``: ``(B, L)`` int32 class indices of the predicted labels, in
@@ -24,7 +24,7 @@ import tensorflow as tf
 from kerasmlic.data.preprocessing import decode_image, normalize, resize_image
 
 BYTES_INPUT = "image_bytes"
-"""Input name of the ``serving_default`` signature (DESIGN.md)."""
+"""Input name of the ``serving_default`` signature (docs/design.md)."""
 
 IMAGES_INPUT = "images"
 """Input name of the ``serving_images`` signature (uint8 ``(B, H, W, 3)``)."""
@@ -36,10 +36,12 @@ EXPLAIN_SIGNATURE = "explain"
 
 OUTPUT_KEYS = ("scores", "label_ids", "labels", "num_labels")
 
-# Leading bytes of the formats tf.io.decode_image reads. Checking them first
-# turns garbage input into an error that names the input and the element,
-# instead of libjpeg's "Unknown image file format".
+# Leading bytes of the formats tf.io.decode_image reads; they only choose the
+# wording of the error for an element that fails to decode.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+FORMATS = "JPEG, PNG, GIF, BMP or WebP"
+"""What the serving graph decodes, for messages."""
 
 
 def model_image_size(model):
@@ -72,23 +74,38 @@ def model_normalization(model):
 
 
 def is_image_bytes(image_bytes):
-    """Return whether a scalar string starts like a JPEG, PNG, GIF or BMP file.
+    """Return whether strings start like a JPEG, PNG, GIF, BMP or WebP file.
 
     Args:
-        image_bytes: Scalar ``tf.string``.
+        image_bytes: ``tf.string`` tensor of any shape.
 
     Returns:
-        Scalar bool tensor.
+        A bool tensor of the same shape.
     """
-    checks = [tf.strings.substr(image_bytes, 0, len(m)) == m for m in _MAGIC]
-    return tf.reduce_any(tf.stack(checks))
+    # Padding keeps substr's position in range for strings shorter than a header.
+    padded = image_bytes + tf.constant(b"\0" * 12)
+    checks = [tf.strings.substr(padded, 0, len(m)) == m for m in _MAGIC]
+    webp = tf.logical_and(
+        tf.strings.substr(padded, 0, 4) == b"RIFF",
+        tf.strings.substr(padded, 8, 4) == b"WEBP",
+    )
+    return tf.reduce_any(tf.stack([*checks, webp]), axis=0)
 
 
 def decode_batch(image_bytes, size):
-    """Decode and resize a batch of encoded images, checking each one.
+    """Decode and resize a batch of encoded images; a bad one fails the batch, by index.
+
+    Each element goes through the same :func:`decode_image` and
+    :func:`resize_image` as evaluation (``preprocess_for_eval``), so the
+    SavedModel scores a file exactly as ``evaluate`` scores the same bytes in
+    a shard. The elements are decoded in a ``tf.data`` pipeline whose
+    ``ignore_errors`` drops an element that fails; a missing element then
+    fails the whole request (as TF Serving does for one bad image) with an
+    ``INVALID_ARGUMENT`` that names ``image_bytes[i]`` and why — a graph
+    cannot catch the decoder's own error, which does not say which element.
 
     Args:
-        image_bytes: ``(B,)`` ``tf.string`` of JPEG or PNG bytes.
+        image_bytes: ``(B,)`` ``tf.string`` of encoded images.
         size: Output side in pixels.
 
     Returns:
@@ -96,26 +113,56 @@ def decode_batch(image_bytes, size):
 
     Raises:
         tf.errors.InvalidArgumentError: (at run time) an element is not an
-            image; the message names ``image_bytes`` and the element's index.
+            image, or cannot be decoded (truncated or corrupt); the message
+            names ``image_bytes[i]`` for the first such element.
     """
-    indices = tf.range(tf.size(image_bytes, out_type=tf.int32))
+    count = tf.size(image_bytes, out_type=tf.int64)
+    indices = tf.range(count)
 
-    def one(args):
-        data, index = args
-        message = tf.strings.format(
-            BYTES_INPUT + "[{}] is not a JPEG or PNG image ({} bytes)",
-            (index, tf.strings.length(data)),
-        )
-        check = tf.debugging.Assert(is_image_bytes(data), [message], name="check_image_bytes")
-        with tf.control_dependencies([check]):
-            image = decode_image(tf.identity(data))
-        return resize_image(image, size)
+    def one(data, index):
+        return resize_image(decode_image(data), size), index
 
-    return tf.map_fn(
-        one,
-        (image_bytes, indices),
-        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+    decoded = (
+        tf.data.Dataset.from_tensor_slices((image_bytes, indices))
+        .map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .ignore_errors()
+        .batch(tf.maximum(count, 1))
     )
+    nothing = tf.data.Dataset.from_tensors(
+        (tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int64))
+    )
+    images, kept = decoded.concatenate(nothing).take(1).get_single_element()
+
+    present = tf.reduce_any(tf.equal(indices[:, tf.newaxis], kept[tf.newaxis, :]), axis=1)
+    missing = tf.boolean_mask(indices, tf.logical_not(present))
+
+    def describe_first_missing():
+        first = missing[0]
+        data = tf.gather(image_bytes, first)
+        reason = tf.where(
+            is_image_bytes(data),
+            "cannot be decoded (a truncated or corrupt image)",
+            f"is not a {FORMATS} image",
+        )
+        return tf.strings.join(
+            [
+                f"{BYTES_INPUT}[",
+                tf.strings.as_string(first),
+                "] ",
+                reason,
+                " (",
+                tf.strings.as_string(tf.strings.length(data)),
+                " bytes); the request holds ",
+                tf.strings.as_string(count),
+                " images",
+            ]
+        )
+
+    message = tf.cond(tf.size(missing) > 0, describe_first_missing, lambda: tf.constant(""))
+    check = tf.debugging.Assert(tf.size(missing) == 0, [message], name="check_image_bytes")
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
+    return tf.ensure_shape(images, [None, size, size, 3])
 
 
 def rank_labels(scores, predicted, class_names):

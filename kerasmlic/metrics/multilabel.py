@@ -56,7 +56,7 @@ HEADLINE_KEYS = (
     "EF1",
     "num_images",
 )
-#: Every key of :func:`evaluate_predictions`' result (DESIGN.md, Metrics).
+#: Every key of :func:`evaluate_predictions`' result (docs/design.md, Metrics).
 RESULT_KEYS = HEADLINE_KEYS + ("per_class",)
 #: Keys of each ``per_class`` entry.
 PER_CLASS_KEYS = ("name", "AP", "P", "R", "F1", "support")
@@ -317,7 +317,7 @@ def _predicted_from_thresholds(s, thresholds):
 
 
 def evaluate_predictions(y_true, scores, predicted=None, thresholds=0.5, class_names=None):
-    """All evaluation figures of DESIGN.md (Metrics) for one score matrix.
+    """All evaluation figures of docs/design.md (Metrics) for one score matrix.
 
     See the module docstring for the zero-denominator and tie conventions.
 

@@ -5,8 +5,9 @@ layers, functional graph, config). It maps a normalised image batch
 ``(B, S, S, 3)`` to a dict with at least:
 
 - ``scores``: ``(B, C)`` float32 in [0, 1], the per-class scores used for mAP and
-  top-k (for sequence models: the highest probability a class gets at any
-  decoding step);
+  top-k (for sequence models: by default the probability that the decoder
+  emits the class before it stops, from the decoded sequence's step
+  distributions, see :mod:`kerasmlic.models.decoding`);
 - ``predicted``: ``(B, C)`` float32 0/1, the predicted label set (thresholded
   scores, or the decoded set for sequence models).
 
@@ -20,6 +21,8 @@ tensor or its ``{"multi_hot", "sequence"}`` dict.
 
 import keras
 from keras import ops
+
+from kerasmlic.models.encoders import ENCODER_LAYER_NAME, encoder_spec, encoder_spec_scope
 
 
 def split_targets(y):
@@ -105,8 +108,19 @@ class MultiLabelModel(keras.Model):
         self._kerasmlic_config = dict(config)
 
     def get_config(self):
-        """Return the constructor arguments (round-trips through ``from_config``)."""
-        return {"name": self.name, "trainable": self.trainable, **self._kerasmlic_config}
+        """Return the constructor arguments (round-trips through ``from_config``).
+
+        A ``hub:`` encoder's architecture is stored too (``encoder_spec``), so a
+        ``.keras`` file loads without the keras-hub preset it was built from.
+        """
+        config = {"name": self.name, "trainable": self.trainable, **self._kerasmlic_config}
+        try:
+            spec = encoder_spec(self.get_layer(ENCODER_LAYER_NAME))
+        except ValueError:  # a model without an encoder layer
+            spec = None
+        if spec is not None:
+            config["encoder_spec"] = spec
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -120,7 +134,10 @@ class MultiLabelModel(keras.Model):
         """
         if config.get("encoder_weights") is not None:
             config = {**config, "encoder_weights": None}
-        return cls(**config)
+        config = dict(config)
+        spec = config.pop("encoder_spec", None)
+        with encoder_spec_scope(config.get("encoder"), spec):
+            return cls(**config)
 
     @property
     def normalization(self):
@@ -140,10 +157,24 @@ class MultiLabelModel(keras.Model):
         raise NotImplementedError
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Use the model's own loss unless ``compile(loss=...)`` was given one."""
+        """Use the model's own loss unless ``compile(loss=...)`` was given one.
+
+        A compiled loss sees ``(multi_hot, scores)``, or ``(multi_hot, logits)``
+        when it declares ``from_logits`` and the model outputs per-class
+        ``logits`` shaped like the scores (the linear heads): a loss on
+        logits keeps its gradient where the probabilities saturate.
+        """
         if self._compile_loss is not None:
             multi_hot, _ = split_targets(y)
-            return super().compute_loss(x, multi_hot, y_pred["scores"], sample_weight, training)
+            prediction = y_pred["scores"]
+            logits = y_pred.get("logits")
+            if (
+                getattr(self.loss, "from_logits", False)
+                and logits is not None
+                and len(logits.shape) == len(prediction.shape)
+            ):
+                prediction = logits
+            return super().compute_loss(x, multi_hot, prediction, sample_weight, training)
         loss = self.multilabel_loss(y, y_pred, sample_weight)
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), loss.dtype)

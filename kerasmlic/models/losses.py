@@ -36,6 +36,12 @@ def reduce_mean(per_example, sample_weight=None):
 def binary_crossentropy(y_true, logits):
     """Sigmoid binary cross-entropy summed over classes, from logits.
 
+    ``keras.ops.binary_crossentropy(from_logits=True)`` (on TensorFlow,
+    ``tf.nn.sigmoid_cross_entropy_with_logits``): stable for any logit, and its
+    gradient is ``sigmoid(z) - y`` everywhere, ``0.5 - y`` at ``z = 0`` too
+    (a hand-written ``relu(z) - z*y + softplus(-|z|)`` gets ``-y`` there,
+    since TensorFlow takes ``relu'(0) = sign(0) = 0``).
+
     Args:
         y_true: Multi-hot ``(B, C)``.
         logits: ``(B, C)``.
@@ -45,9 +51,34 @@ def binary_crossentropy(y_true, logits):
         gradient by 1/C).
     """
     y, z = _f32(y_true, logits)
-    # log(1 + exp(-|z|)) + max(z, 0) - z*y: the stable form.
-    per_class = ops.relu(z) - z * y + ops.softplus(-ops.abs(z))
-    return ops.sum(per_class, axis=-1)
+    return ops.sum(ops.binary_crossentropy(y, z, from_logits=True), axis=-1)
+
+
+def weighted_binary_crossentropy(y_true, logits, pos_weight=1.0, class_weight=1.0):
+    """Binary cross-entropy from logits with per-class positive and class weights.
+
+    ``class_weight * (pos_weight * y * softplus(-z) + (1 - y) * softplus(z))``:
+    ``-log sigmoid(z) = softplus(-z)``, stable for any logit, with gradient
+    ``class_weight * ((1 - y + pos_weight * y) * sigmoid(z) - pos_weight * y)``
+    (``-pos_weight / 2`` for a positive at ``z = 0``). Not
+    ``tf.nn.weighted_cross_entropy_with_logits``: it is written with
+    ``relu``/``abs`` and its gradient at ``z = 0`` is wrong (0 for a positive
+    with ``pos_weight = 2``).
+
+    Args:
+        y_true: Multi-hot ``(B, C)``.
+        logits: ``(B, C)``.
+        pos_weight: Weight of the positive term, a scalar or ``(C,)``.
+        class_weight: Weight of both terms, a scalar or ``(C,)``.
+
+    Returns:
+        ``(B,)`` losses summed over classes.
+    """
+    y, z = _f32(y_true, logits)
+    pos = ops.cast(pos_weight, "float32")
+    cls = ops.cast(class_weight, "float32")
+    terms = pos * y * ops.softplus(-z) + (1.0 - y) * ops.softplus(z)
+    return ops.sum(cls * terms, axis=-1)
 
 
 def softmax_crossentropy(y_true, logits):
@@ -73,9 +104,12 @@ def asymmetric_loss(y_true, logits, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
     ``L+ = (1 - p)^gamma_pos * log(p)`` for positives and
     ``L- = p_m^gamma_neg * log(1 - p_m)`` for negatives with the shifted
     probability ``p_m = max(p - clip, 0)``; the loss is ``-sum(L+ + L-)``.
-    Logs are clamped at ``log(1e-8)`` (the reference PyTorch code has NaN
-    reports from ``log(0)``) and everything runs in float32. Gradients flow
-    through the focusing weights too (the reference code's default).
+    The logs come from the logits (``log p = -softplus(-z)``,
+    ``log(1 - p) = -softplus(z)`` without the margin; with it ``1 - p_m >= m``),
+    so they are finite for any logit without a clamp (the reference PyTorch
+    code clamps at ``log(1e-8)``, which stops the gradient of a confidently
+    wrong label), and everything runs in float32. Gradients flow through the
+    focusing weights too (the reference code's default).
 
     Args:
         y_true: Multi-hot ``(B, C)``.
@@ -89,11 +123,16 @@ def asymmetric_loss(y_true, logits, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
     """
     y, z = _f32(y_true, logits)
     p = ops.sigmoid(z)
-    p_neg = ops.maximum(p - clip, 0.0) if clip and clip > 0 else p
-    # log(p) and log(1 - p) from the logits are stable for any z; the clipped
-    # negative term needs an explicit clamp.
-    log_p = ops.maximum(-ops.softplus(-z), ops.log(_EPS))
-    log_1m_pneg = ops.log(ops.maximum(1.0 - p_neg, _EPS))
+    # log(p) = -softplus(-z) is finite with gradient sigmoid(-z) for any z, so
+    # a confidently wrong positive keeps its full gradient (no clamp).
+    log_p = -ops.softplus(-z)
+    if clip and clip > 0:
+        p_neg = ops.maximum(p - clip, 0.0)
+        # 1 - p_neg >= clip: the log is finite and its gradient never vanishes.
+        log_1m_pneg = ops.log(1.0 - p_neg)
+    else:
+        p_neg = p
+        log_1m_pneg = -ops.softplus(z)
     loss_pos = y * log_p
     loss_neg = (1.0 - y) * log_1m_pneg
     if gamma_pos:

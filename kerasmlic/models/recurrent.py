@@ -19,10 +19,29 @@ one label token per step (vocabulary of :mod:`kerasmlic.data.sequences`):
 
 Inference (the functional graph: ``model(images)``, ``predict``, export)
 decodes in the graph (:mod:`kerasmlic.models.decoding`): greedy or beam
-search, no repeated label, END stops, at most ``max_labels`` labels. Outputs:
-``scores`` (highest probability of each class at any step of the returned
-sequence), ``predicted`` (the decoded set), ``sequence`` (tokens after START),
-and ``attention`` for ``seq2seq_attention``.
+search (ranked with GNMT's length normalisation, ``length_penalty``), no
+repeated label, END stops, at most ``max_labels`` labels. Outputs:
+``scores``, ``predicted`` (the decoded set), ``sequence`` (tokens after
+START), and ``attention`` for ``seq2seq_attention``.
+
+Per-class scores (mAP, top-k), ``class_score``: with ``p_t(c)`` the
+probability of class c at step t of the returned sequence (after masking;
+steps up to and including its END), the default ``inclusion`` score is
+``sum_t p_t(c) * prod_{s<t} (1 - p_s(c) - p_s(END))``: the probability that
+c is emitted at some step if at each step the decoder emits c with
+``p_t(c)``, stops with ``p_t(END)`` and otherwise goes on as along the
+decoded sequence. It is defined for a class the decoder does not emit, and
+each step counts as much as the decoder is likely to reach it
+(``noisy_or``: ``1 - prod_t (1 - p_t(c))``, END ignored; ``max``: the
+highest ``p_t(c)``, the former score).
+
+Auxiliary head (``aux_loss_weight > 0``, default 0.03): a linear
+multi-label head on the pooled feature (:class:`LabelPrior`), trained with
+binary cross-entropy, whose logits times a learnt gate (starting at 1) are
+added to the label tokens' logits at every decoding step. The decoder then
+starts from a per-image class ranking, and the encoder gets a direct
+multi-label gradient from the first step instead of only through the
+recurrent loop (measured in docs/design.md).
 
 Training (``fit``/``evaluate``) uses teacher forcing on the pipeline's
 ``targets["sequence"]`` with the same masking as decoding
@@ -41,7 +60,7 @@ from keras import layers, ops
 
 from kerasmlic.data.sequences import DEFAULT_MAX_LABELS, LABEL_ORDERS, NUM_SPECIAL
 from kerasmlic.errors import UsageError
-from kerasmlic.models import decoding
+from kerasmlic.models import decoding, losses
 from kerasmlic.models import sequence_losses as sl
 from kerasmlic.models.base import MultiLabelModel, split_targets
 from kerasmlic.models.encoders import build_encoder, encoder_normalization
@@ -51,6 +70,8 @@ CELLS = ("gru", "lstm")
 DECODINGS = ("greedy", "beam")
 MODEL_LABEL_ORDERS = (*LABEL_ORDERS, "pla")
 PLA = "pla"
+AUX_GATE_INIT = 1.0
+"""Initial gate of the auxiliary head's logits into the decoder (see :class:`LabelPrior`)."""
 PLA_PIPELINE_ORDER = "dictionary"
 """Order the pipeline builds for ``pla`` models (any fixed order works: the model realigns)."""
 
@@ -127,6 +148,58 @@ class AdditiveAttention(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasmlic")
+class LabelPrior(layers.Layer):
+    """Linear multi-label head on the pooled feature, gated into the decoder.
+
+    Returns ``(logits, gate * logits)``: the head's logits (trained with
+    binary cross-entropy) and the per-image label bias the decoder adds to
+    its label logits. The scalar ``gate`` starts at ``gate_init`` and is
+    learnt by the sequence loss, so the decoder takes as much of the head's
+    ranking as helps it.
+
+    Args:
+        num_classes: Number of classes C.
+        gate_init: Initial gate.
+        **kwargs: Passed to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, num_classes, gate_init=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.gate_init = gate_init
+        self.dense = layers.Dense(num_classes, dtype="float32", name="logits")
+
+    def build(self, input_shape):
+        """Create the head and the gate."""
+        self.dense.build(tuple(input_shape))
+        self.gate = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.gate_init),
+            name="gate",
+            dtype="float32",
+        )
+        self.built = True
+
+    def call(self, pooled):
+        """Return ``(logits, gated logits)``, both ``(B, C)`` float32."""
+        logits = ops.cast(self.dense(pooled), "float32")
+        return logits, logits * self.gate
+
+    def compute_output_spec(self, pooled):
+        """Two ``(B, C)`` float32 tensors."""
+        spec = keras.KerasTensor((pooled.shape[0], self.num_classes), "float32")
+        return spec, keras.KerasTensor(spec.shape, "float32")
+
+    def get_config(self):
+        """Return the layer config."""
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "gate_init": self.gate_init,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kerasmlic")
 class LabelDecoder(layers.Layer):
     """A recurrent label decoder over the ``C + 3`` token vocabulary.
 
@@ -138,7 +211,10 @@ class LabelDecoder(layers.Layer):
 
     Inputs dict: ``states`` (list of ``(B, hidden_dim)``, the initial state)
     or ``first_input`` (``(B, embedding_dim)``, read from a zero state before
-    START), plus ``memory`` ``(B, R, M)`` when ``attention`` is True.
+    START), plus ``memory`` ``(B, R, M)`` when ``attention`` is True, and
+    optionally ``label_bias`` ``(B, C)``: per-image logits added to the label
+    tokens' logits at every step (the auxiliary head's, see
+    :class:`RecurrentModel`).
 
     Args:
         num_classes: Number of classes C.
@@ -149,6 +225,9 @@ class LabelDecoder(layers.Layer):
         max_labels: Maximum decoded labels.
         attention: Attend over ``memory`` at every step.
         beam_width: 1 for greedy decoding, K > 1 for beam search.
+        length_penalty: GNMT alpha of the beam ranking
+            (:func:`decoding.length_penalty_divisor`; 0 = summed log probability).
+        class_score: Per-class score formula, one of ``decoding.CLASS_SCORES``.
         **kwargs: Passed to ``keras.layers.Layer``.
     """
 
@@ -163,6 +242,8 @@ class LabelDecoder(layers.Layer):
         max_labels=DEFAULT_MAX_LABELS,
         attention=False,
         beam_width=1,
+        length_penalty=0.0,
+        class_score="inclusion",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -174,6 +255,8 @@ class LabelDecoder(layers.Layer):
         self.max_labels = max_labels
         self.use_attention = attention
         self.beam_width = beam_width
+        self.length_penalty = length_penalty
+        self.class_score = class_score
         vocab = num_classes + NUM_SPECIAL
         self.embedding = layers.Embedding(vocab, embedding_dim, name="embedding")
         self.cell = _cell_class(cell)(hidden_dim, name="cell")
@@ -201,17 +284,21 @@ class LabelDecoder(layers.Layer):
             first = ops.cast(inputs["first_input"], self.compute_dtype)
             zeros = tf.zeros([tf.shape(first)[0], self.hidden_dim], first.dtype)
             _, states = self.cell(first, [zeros] * _num_states(self.cell_type), training=training)
-        context = None
+        context = {}
         if self.use_attention:
             memory = ops.cast(inputs["memory"], self.compute_dtype)
-            context = (memory, self.attention.project_keys(memory))
-        return list(states), context
+            context["memory"] = (memory, self.attention.project_keys(memory))
+        if "label_bias" in inputs:
+            # Zero bias on PAD, START and END: the head scores labels only.
+            bias = ops.cast(inputs["label_bias"], "float32")
+            context["label_bias"] = ops.pad(bias, [[0, 0], [NUM_SPECIAL, 0]])
+        return list(states), context or None
 
     def _cell_step(self, x, states, context, training=None):
         """One cell step: ``(x (B, E), states) -> (output, states, attention|None)``."""
         weights = None
         if self.use_attention:
-            memory, keys = context
+            memory, keys = context["memory"]
             attended, weights = self.attention.attend(states[0], keys, memory)
             x = ops.concatenate([x, attended], axis=-1)
         output, states = self.cell(x, states, training=training)
@@ -219,10 +306,19 @@ class LabelDecoder(layers.Layer):
             output = ops.concatenate([output, attended], axis=-1)
         return output, list(states), weights
 
+    def _logits(self, output, context):
+        logits = self.output_dense(output)
+        if context is not None and "label_bias" in context:
+            bias = context["label_bias"]
+            if len(logits.shape) == 3:
+                bias = bias[:, None, :]
+            logits = logits + bias
+        return logits
+
     def _step(self, tokens, states, context):
         """Decoding step function (see :func:`decoding.decode`)."""
         output, states, weights = self._cell_step(self.embedding(tokens), states, context)
-        return self.output_dense(output), states, weights
+        return self._logits(output, context), states, weights
 
     def call(self, inputs, training=None):
         """Decode label sequences.
@@ -242,6 +338,8 @@ class LabelDecoder(layers.Layer):
             max_labels=self.max_labels,
             beam_width=self.beam_width,
             context=context,
+            length_penalty=self.length_penalty,
+            class_score=self.class_score,
         )
         outputs = {
             "scores": result["scores"],
@@ -291,7 +389,7 @@ class LabelDecoder(layers.Layer):
         outputs, weights = decoding.run_steps(
             lambda x_t, s, c: self._cell_step(x_t, s, c, training=training), states, x, context
         )
-        logits = self.output_dense(self.output_dropout(outputs, training=training))
+        logits = self._logits(self.output_dropout(outputs, training=training), context)
         return logits, weights
 
     def get_config(self):
@@ -306,6 +404,8 @@ class LabelDecoder(layers.Layer):
             "max_labels": self.max_labels,
             "attention": self.use_attention,
             "beam_width": self.beam_width,
+            "length_penalty": self.length_penalty,
+            "class_score": self.class_score,
         }
 
 
@@ -329,6 +429,7 @@ def _check_options(num_classes, options):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"option {name} must be a positive integer, got {value!r}")
     for name, choices in (
+        ("class_score", decoding.CLASS_SCORES),
         ("cell", CELLS),
         ("decoding", DECODINGS),
         ("label_order", MODEL_LABEL_ORDERS),
@@ -340,6 +441,10 @@ def _check_options(num_classes, options):
     dropout = options["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise UsageError(f"option dropout must be in [0, 1), got {dropout!r}")
+    for name in ("length_penalty", "aux_loss_weight"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise UsageError(f"option {name} must be a number >= 0, got {value!r}")
     if options["beam_width"] > num_classes + 1:
         raise UsageError(
             f"option beam_width must be at most num_classes + 1 = {num_classes + 1}, "
@@ -381,6 +486,24 @@ class RecurrentModel(MultiLabelModel):
             :data:`PLA_PIPELINE_ORDER`).
         decoding: ``"greedy"`` or ``"beam"``.
         beam_width: Beams for ``decoding="beam"`` (at most C + 1).
+        length_penalty: Beam search ranks hypotheses by
+            ``log P / ((5 + n) / 6) ** length_penalty`` with n their tokens
+            (labels + END), GNMT's length normalisation; 0 ranks by ``log P``,
+            which favours short label sets. Default 2, measured
+            (docs/design.md): the best label-set F1 of beam search; label
+            sequences are short, so GNMT's usual 0.6-1 barely lengthens them.
+        aux_loss_weight: Weight of an auxiliary binary cross-entropy (summed
+            over classes) on a linear multi-label head over the pooled
+            feature, whose gated logits are added to the decoder's label
+            logits at every step (:class:`LabelPrior`), so the decoder starts
+            from a per-image class ranking and the encoder gets a direct
+            multi-label gradient from the first step; 0 removes the head (the
+            study's plain decoders). Default 0.03, measured (docs/design.md):
+            weight 1 swamps the sequence loss of the attention decoder.
+        class_score: Per-class score of the decoded sequence: ``inclusion``
+            (default; the probability that the decoder emits the class before
+            it stops), ``noisy_or`` or ``max`` (the former score); see
+            :mod:`kerasmlic.models.decoding`.
         max_regions: ``seq2seq`` models: a feature map with more regions is
             average-pooled until it has at most this many (default 49: a
             7x7 map, a 224-px image on a stride-32 backbone, is read whole).
@@ -408,6 +531,9 @@ class RecurrentModel(MultiLabelModel):
         decoding="greedy",
         beam_width=3,
         max_regions=49,
+        length_penalty=2.0,
+        aux_loss_weight=0.03,
+        class_score="inclusion",
         name=None,
         **kwargs,
     ):
@@ -423,12 +549,22 @@ class RecurrentModel(MultiLabelModel):
                 "decoding": decoding,
                 "beam_width": beam_width,
                 "max_regions": max_regions,
+                "length_penalty": length_penalty,
+                "aux_loss_weight": aux_loss_weight,
+                "class_score": class_score,
             },
         )
         enc = build_encoder(
             encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
         )
-        decoder_inputs = _DecoderInputs(self.variant, cell, embedding_dim, hidden_dim, max_regions)
+        decoder_inputs = _DecoderInputs(
+            self.variant,
+            cell,
+            embedding_dim,
+            hidden_dim,
+            max_regions,
+            num_classes=num_classes if aux_loss_weight else None,
+        )
         decoder = LabelDecoder(
             num_classes,
             cell=cell,
@@ -438,6 +574,8 @@ class RecurrentModel(MultiLabelModel):
             max_labels=max_labels,
             attention=self.variant == "attention",
             beam_width=beam_width if decoding == "beam" else 1,
+            length_penalty=length_penalty,
+            class_score=class_score,
             name="decoder",
         )
         images = keras.Input((image_size, image_size, 3), name="images")
@@ -461,6 +599,9 @@ class RecurrentModel(MultiLabelModel):
             decoding=decoding,
             beam_width=beam_width,
             max_regions=max_regions,
+            length_penalty=length_penalty,
+            aux_loss_weight=aux_loss_weight,
+            class_score=class_score,
         )
 
     @property
@@ -533,8 +674,12 @@ class RecurrentModel(MultiLabelModel):
             "logits": logits,
             "targets": targets,
             "allowed": allowed,
-            "scores": sl.teacher_forced_scores(logits, targets, allowed),
+            "scores": sl.teacher_forced_scores(
+                logits, targets, allowed, self._kerasmlic_config["class_score"]
+            ),
         }
+        if "aux_logits" in inputs:
+            y_pred["aux_logits"] = inputs["aux_logits"]
         return y_pred, inputs
 
     def multilabel_loss(self, y, y_pred, sample_weight=None):
@@ -556,9 +701,15 @@ class RecurrentModel(MultiLabelModel):
                 "recurrent models compute their loss on teacher_forced() outputs, "
                 "not on decoded predictions"
             )
-        return sl.sequence_loss(
+        loss = sl.sequence_loss(
             y_pred["logits"], y_pred["targets"], y_pred["allowed"], sample_weight
         )
+        weight = self._kerasmlic_config["aux_loss_weight"]
+        if weight and "aux_logits" in y_pred:
+            multi_hot, _ = split_targets(y)
+            aux = losses.binary_crossentropy(multi_hot, y_pred["aux_logits"])
+            loss = loss + weight * losses.reduce_mean(aux, sample_weight)
+        return loss
 
     def make_train_function(self, force=False):
         """Build the optimizer for the trainable weights, then Keras' train function.
@@ -638,10 +789,17 @@ class _DecoderInputs:
         hidden_dim: Recurrent state size.
         max_regions: Cap on the regions the region encoder reads (see
             :func:`region_pool_size`).
+        num_classes: C for an auxiliary linear head on the pooled feature
+            (its logits are the decoder's ``label_bias``), or None.
     """
 
-    def __init__(self, variant, cell, embedding_dim, hidden_dim, max_regions):
+    def __init__(self, variant, cell, embedding_dim, hidden_dim, max_regions, num_classes=None):
         self.variant = variant
+        self.aux_head = (
+            None
+            if num_classes is None
+            else LabelPrior(num_classes, AUX_GATE_INIT, dtype="float32", name="aux_logits")
+        )
         self.max_regions = max_regions
         self.region_pool = None
         self.grid = None
@@ -666,6 +824,12 @@ class _DecoderInputs:
 
     def __call__(self, feature_map, pooled, training=None):
         """Return the decoder inputs dict for one batch."""
+        inputs = self._variant_inputs(feature_map, pooled, training)
+        if self.aux_head is not None:
+            inputs["aux_logits"], inputs["label_bias"] = self.aux_head(pooled)
+        return inputs
+
+    def _variant_inputs(self, feature_map, pooled, training):
         if self.variant == "hidden":
             return {"states": [dense(pooled) for dense in self.projections]}
         if self.variant == "input":

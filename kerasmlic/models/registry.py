@@ -1,4 +1,4 @@
-"""The model registry: registry names (DESIGN.md) → model classes, and the factory.
+"""The model registry: registry names (docs/design.md) → model classes, and the factory.
 
 Model modules are imported explicitly (timm-style) the first time the registry
 is consulted, so ``import kerasmlic`` stays light.
@@ -34,7 +34,7 @@ def register_model(name):
     """Class decorator: register a model class under ``name`` (and for Keras serialisation).
 
     Args:
-        name: The registry name (DESIGN.md → Models).
+        name: The registry name (docs/design.md → Models).
 
     Returns:
         The decorator.

@@ -16,7 +16,13 @@ replaces the fixed target order by one aligned to what the model predicts:
 import tensorflow as tf
 
 from kerasmlic.data.sequences import END, NUM_SPECIAL, PAD, START
-from kerasmlic.models.decoding import NEG_INF, allowed_tokens, multi_hot_from_tokens
+from kerasmlic.models.decoding import (
+    NEG_INF,
+    allowed_tokens,
+    log_miss,
+    multi_hot_from_tokens,
+    noisy_or_scores,
+)
 
 
 def teacher_forcing_mask(targets, num_classes):
@@ -84,20 +90,33 @@ def sequence_loss(logits, targets, allowed, sample_weight=None):
     return tf.math.divide_no_nan(tf.reduce_sum(per_example * weight), tf.reduce_sum(weight))
 
 
-def teacher_forced_scores(logits, targets, allowed):
-    """Per-class scores of a teacher-forced pass: the highest probability at any target step.
+def teacher_forced_scores(logits, targets, allowed, class_score="inclusion"):
+    """Per-class scores of a teacher-forced pass, as decoding scores its sequence.
+
+    The :data:`kerasmlic.models.decoding.CLASS_SCORES` formula over the
+    non-PAD target steps (``inclusion``:
+    ``sum_t p_t(c) * prod_{s<t} (1 - p_s(c) - p_s(END))``).
 
     Args:
         logits: ``(B, T, V)`` logits.
         targets: ``(B, T)`` target tokens (PAD steps are ignored).
         allowed: ``(B, T, V)`` bool mask.
+        class_score: ``"inclusion"``, ``"noisy_or"`` or ``"max"``.
 
     Returns:
         ``(B, C)`` float32 in [0, 1].
     """
-    probs = tf.nn.softmax(masked_logits(logits, allowed), axis=-1)[..., NUM_SPECIAL:]
+    step_probs = tf.nn.softmax(masked_logits(logits, allowed), axis=-1)
+    probs = step_probs[..., NUM_SPECIAL:]
     valid = tf.not_equal(targets, PAD)[..., None]
-    return tf.reduce_max(tf.where(valid, probs, 0.0), axis=1)
+    if class_score == "max":
+        return tf.reduce_max(tf.where(valid, probs, 0.0), axis=1)
+    if class_score == "noisy_or":
+        return noisy_or_scores(tf.reduce_sum(tf.where(valid, log_miss(probs), 0.0), axis=1))
+    # The chance of going on past each step without emitting c or END.
+    go_on = tf.where(valid, tf.maximum(1.0 - probs - step_probs[..., END : END + 1], 0.0), 1.0)
+    alive = tf.math.cumprod(go_on, axis=1, exclusive=True)
+    return tf.minimum(tf.reduce_sum(tf.where(valid, alive * probs, 0.0), axis=1), 1.0)
 
 
 def sequence_from_multi_hot(multi_hot, max_labels):

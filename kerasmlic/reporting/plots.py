@@ -178,3 +178,32 @@ def plot_gain_analysis(analysis, best_name, base_name, class_names, path):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"AP gain of {best_name} over {base_name} (points)")
     return _save(fig, path)
+
+
+def plot_seed_error_bars(rows, metrics, path, *, seeds=None):
+    """Bars of each model's mean figure with ± one standard deviation over seeds.
+
+    Args:
+        rows: ``[(model name, {metric: (mean, std)})]`` in display order;
+            figures are fractions (shown in %), a NaN std draws no bar.
+        metrics: ``[(metric key, axis label)]``: one panel each.
+        path: Output PNG.
+        seeds: Seed count, for the title.
+
+    Returns:
+        ``path``.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.4), squeeze=False)
+    names = [name for name, _ in rows]
+    x = np.arange(len(names))
+    for ax, (key, label) in zip(axes[0], metrics, strict=True):
+        means = np.array([100 * figures[key][0] for _, figures in rows], float)
+        stds = np.array([100 * figures[key][1] for _, figures in rows], float)
+        ax.bar(x, means, yerr=np.where(np.isfinite(stds), stds, 0.0), capsize=4, alpha=0.8)
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"{label} (%)")
+        title = f"{label}: mean ± std"
+        ax.set_title(title + (f" over {seeds} seeds" if seeds else ""))
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -41,6 +41,7 @@ STUDY_TABLE = {
 """Registry name → (study's row label, P, R, F1) on COCO (top-3 overall)."""
 
 PLOT_FILES = {
+    "seeds": "seed_error_bars.png",
     "pr": "pr_curves.png",
     "per_class": "per_class_ap.png",
     "training": "training_curves.png",
@@ -148,6 +149,129 @@ def results_table(runs):
             f"{epochs} | {_train_minutes(run):.1f} | {study_text} |"
         )
     return "\n".join(lines)
+
+
+STUDY_METRICS = (
+    ("OP_top3", "P"),
+    ("OR_top3", "R"),
+    ("OF1_top3", "F1"),
+    ("mAP", "mAP"),
+    ("CF1", "CF1"),
+    ("OF1", "OF1"),
+)
+"""Metric keys of the study table (key, column) as the single-seed table has them."""
+
+
+def _pm(mean, std):
+    if not math.isfinite(mean):
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if not math.isfinite(std) else f" ± {100 * std:.1f}")
+
+
+def seed_summary(groups):
+    """Mean and standard deviation of every study metric per model, over its seeds.
+
+    Args:
+        groups: ``{model name: [loaded runs, one per seed]}``.
+
+    Returns:
+        ``{model name: {metric key: (mean, std, n)}}``.
+    """
+    from kerasmlic.reporting.stats import mean_std
+
+    return {
+        name: {key: mean_std([r["eval"][key] for r in runs]) for key, _ in STUDY_METRICS}
+        for name, runs in groups.items()
+    }
+
+
+def _ordered(names):
+    order = {name: i for i, name in enumerate(STUDY_MODELS)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def seed_table(groups, tuning=None):
+    """The study's table with ``mean ± std`` over seeds in every metric cell.
+
+    Args:
+        groups: ``{model name: [loaded runs, one per seed]}``.
+        tuning: Optional ``{model name: tuning record}`` (``chosen`` rate).
+
+    Returns:
+        Markdown text (header + rows).
+    """
+    summary = seed_summary(groups)
+    lines = [
+        "| model | P | R | F1 | mAP | CF1 | OF1 | seeds | learning rate | epochs | train min "
+        "| study P / R / F1 (COCO) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in _ordered(groups):
+        runs = groups[name]
+        label, *study = STUDY_TABLE.get(name, (name, None, None, None))
+        study_text = " / ".join(f"{v:.1f}" for v in study) if study[0] is not None else "–"
+        cells = [_pm(*summary[name][key][:2]) for key, _ in STUDY_METRICS]
+        rate = (tuning or {}).get(name, {}).get("chosen")
+        if rate is None:
+            rate = runs[0]["config"].get("train", {}).get("learning_rate")
+        epochs = [len(r["history"].get("epoch", [])) for r in runs]
+        epoch_text = str(epochs[0]) if len(set(epochs)) == 1 else f"{min(epochs)}–{max(epochs)}"
+        minutes = sum(_train_minutes(r) for r in runs) / len(runs)
+        lines.append(
+            f"| {label} (`{name}`) | {' | '.join(cells)} | {len(runs)} | "
+            f"{'–' if rate is None else f'{rate:.2g}'} | {epoch_text} | {minutes:.1f} | "
+            f"{study_text} |"
+        )
+    return "\n".join(lines)
+
+
+def paired_table(groups, baseline="bce", key="OF1_top3"):
+    """Paired comparison of every model with the baseline on one metric, seed by seed.
+
+    Args:
+        groups: ``{model name: [loaded runs]}``; runs are paired by ``train.seed``.
+        baseline: The model compared against.
+        key: The metric (default F1@3, the study's headline figure).
+
+    Returns:
+        ``(lines, comparisons)``: Markdown lines (empty without the baseline)
+        and ``{model: paired_comparison dict}``.
+    """
+    from kerasmlic.reporting.stats import paired_comparison
+
+    if baseline not in groups:
+        return [f"- `{baseline}` was not trained: no paired comparison."], {}
+
+    def by_seed(runs):
+        return {r["config"].get("train", {}).get("seed", i): r for i, r in enumerate(runs)}
+
+    base = by_seed(groups[baseline])
+    lines = [
+        f"| model | mean difference in F1@3 vs `{baseline}` (points) | std of the difference | "
+        "pairs | t | p (paired t-test, two-sided) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    comparisons = {}
+    for name in _ordered(groups):
+        if name == baseline:
+            continue
+        runs = by_seed(groups[name])
+        seeds = sorted(set(runs) & set(base))
+        result = paired_comparison(
+            [runs[s]["eval"][key] for s in seeds], [base[s]["eval"][key] for s in seeds]
+        )
+        comparisons[name] = result
+
+        def fmt(value, scale=1.0, digits=2):
+            return "–" if not math.isfinite(value) else f"{scale * value:+.{digits}f}"
+
+        p, std = result["p"], result["std_diff"]
+        lines.append(
+            f"| `{name}` | {fmt(result['mean_diff'], 100)} | "
+            f"{'–' if not math.isfinite(std) else f'{100 * std:.2f}'} | {result['n']} | "
+            f"{fmt(result['t'])} | {'–' if not math.isfinite(p) else p_text(p)} |"
+        )
+    return lines, comparisons
 
 
 def ordering_check(runs):
@@ -353,3 +477,155 @@ def write_report(
         f.write(text)
     os.replace(tmp, path)
     return {"results": path, "plots": figures, "ordering_holds": holds, "text": text}
+
+
+def _tuning_lines(tuning):
+    if not tuning:
+        return ["Learning rates: each model's config (no tuning)."]
+    rates = sorted({rate for record in tuning.values() for rate in record["rates"]})
+    lines = [
+        "Learning rate per model: a keras-tuner grid search over the same "
+        f"{len(rates)} rates for every model, each trial trained for the same epochs "
+        "(column `tune epochs`), selected by val mAP (seed 0).",
+        "",
+        "| model | tune epochs | " + " | ".join(f"val mAP @ {r:g}" for r in rates) + " | chosen |",
+        "|---|---:|" + "---:|" * len(rates) + "---:|",
+    ]
+    for name in _ordered(tuning):
+        record = tuning[name]
+        scores = {float(k): v for k, v in record["val_mAP"].items()}
+        cells = [_pct(scores.get(r)) if r in scores else "·" for r in rates]
+        lines.append(
+            f"| `{name}` | {record['epochs']} | {' | '.join(cells)} | {record['chosen']:g} |"
+        )
+    return lines
+
+
+def write_study_report(
+    groups,
+    data_dir,
+    out,
+    *,
+    split="val",
+    tuning=None,
+    command=None,
+    wall_seconds=None,
+    cpu_seconds=None,
+    title="Reproduction of the study's table",
+):
+    """Write ``results.md`` and the plots of a multi-seed study.
+
+    The table gives ``mean ± std`` over seeds; a paired comparison tests each
+    model against BCE on F1@3 seed by seed; the ordering is checked on the
+    means; ``seed_error_bars.png`` shows F1@3 and mAP with ± one standard
+    deviation. The PR curves, training curves and analysis use each model's
+    first seed.
+
+    Args:
+        groups: ``{model name: [run directories, one per seed]}``.
+        data_dir: The shard folder they were evaluated on.
+        out: Output folder.
+        split: The split the figures are reported on (``test`` on the
+            built-in data; model selection used val).
+        tuning: Optional ``{model name: tuning record}`` (``rates``,
+            ``val_mAP`` by rate, ``chosen``, ``epochs``).
+        command: The command line to print in the report.
+        wall_seconds: Wall time of the whole study, if known.
+        cpu_seconds: CPU time (user + system) it used, if known.
+        title: The Markdown title.
+
+    Returns:
+        A dict: ``results`` (path), ``plots`` (name → path), ``ordering_holds``
+        (on the means; bool or None), ``summary`` (per model and metric
+        ``(mean, std, n)``), ``paired`` (per model the comparison with BCE),
+        ``text``.
+
+    Raises:
+        UsageError: No run, or a run without an evaluation of ``split``.
+    """
+    from kerasmlic.reporting import plots
+
+    if not groups or not all(groups.values()):
+        raise UsageError("no finished run to report")
+    loaded = {name: [load_run(d, split) for d in dirs] for name, dirs in groups.items()}
+    manifest = load_manifest(data_dir)
+    names = class_names(manifest)
+    os.makedirs(out, exist_ok=True)
+    summary = seed_summary(loaded)
+    seeds = max(len(runs) for runs in loaded.values())
+    order = _ordered(loaded)
+    bars = [(n, {k: summary[n][k][:2] for k in ("OF1_top3", "mAP")}) for n in order]
+    firsts = [loaded[n][0] for n in order]
+    figures = {
+        "seeds": plots.plot_seed_error_bars(
+            bars,
+            [("OF1_top3", "F1@3"), ("mAP", "mAP")],
+            os.path.join(out, PLOT_FILES["seeds"]),
+            seeds=seeds,
+        ),
+        "pr": plots.plot_pr_curves(firsts, os.path.join(out, PLOT_FILES["pr"])),
+        "training": plots.plot_training_curves(firsts, os.path.join(out, PLOT_FILES["training"])),
+    }
+    analysis_lines, more = _analysis_section(firsts, manifest, out, names)
+    figures.update(more)
+    means = [{"name": n, "eval": {"OF1_top3": summary[n]["OF1_top3"][0]}} for n in order]
+    holds, order_lines = ordering_check(means)
+    paired_lines, paired = paired_table(loaded)
+    info = split_info(manifest, split, data_dir)
+    train = manifest["splits"].get("train", {})
+    val = manifest["splits"].get("val", {})
+    header = [
+        f"# {title}",
+        "",
+        f"- Command: `{command}`" if command else "- Command: (library call)",
+        f"- Machine: {machine_description()}",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}"
+        + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
+        + (f", CPU time {cpu_seconds / 60:.1f} min (user + system)" if cpu_seconds else ""),
+        f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
+        f"{val.get('num_examples', '?')} val / {info['num_examples']} {split} images, "
+        f"{len(names)} classes",
+        f"- Seeds: {seeds} per model (`train.seed` 0..{seeds - 1}); figures on the "
+        f"`{split}` split; model selection (best epoch, learning rate) on val.",
+        "",
+        "P, R and F1 are overall precision, recall and F1 of each image's top-3 labels (the "
+        "study's protocol, Wang et al. 2016); mAP is the mean over classes of "
+        "non-interpolated AP; CF1 (per-class) and OF1 (overall) are on the model's predicted "
+        "label sets. Each cell is mean ± sample standard deviation over the seeds. The last "
+        "column is the study's COCO figure, for reference only: the data here differ.",
+        "",
+        seed_table(loaded, tuning),
+        "",
+        *_tuning_lines(tuning),
+        "",
+        "## Each model against BCE on F1@3, seed by seed",
+        "",
+        "Pairs share `train.seed` (same initialisation seed and data order). p is a "
+        "two-sided paired t-test on the per-seed differences (n - 1 degrees of freedom); it "
+        "needs at least 2 seeds.",
+        "",
+        *paired_lines,
+        "",
+        "## The study's ordering on mean F1@3 (sequence models ≥ BCE ≥ WARP, softmax)",
+        "",
+        {True: "Holds on the means.", False: "Does not fully hold on the means.", None: ""}[holds],
+        "",
+        *order_lines,
+    ]
+    plot_lines = ["", "## Plots", ""] + [
+        f"- {key}: ![{key}]({os.path.basename(path)})" for key, path in figures.items()
+    ]
+    text = "\n".join(header + analysis_lines + plot_lines) + "\n"
+    path = os.path.join(out, "results.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return {
+        "results": path,
+        "plots": figures,
+        "ordering_holds": holds,
+        "summary": summary,
+        "paired": paired,
+        "text": text,
+    }

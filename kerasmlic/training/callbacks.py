@@ -12,6 +12,7 @@ import numpy as np
 from kerasmlic.data.manifest import write_json_atomic
 from kerasmlic.errors import UsageError
 from kerasmlic.training.optim import base_optimizer, current_learning_rate
+from kerasmlic.training.rundir import read_history
 
 # Figures of the full metric set also written into the epoch logs (history.csv,
 # TensorBoard, the progress bar), with a ``val_`` prefix.
@@ -209,6 +210,99 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
             f"  CF1 {100 * results['CF1']:.2f}  OF1 {100 * results['OF1']:.2f}"
             + ("  (best so far, saved)" if improved and self.best_path else "")
         )
+
+
+def evaluations_without_gain(history, best_epoch):
+    """Count the validation passes after the best epoch in a run's history.
+
+    Args:
+        history: Columns of ``history.csv`` (``rundir.read_history``).
+        best_epoch: The best epoch (1-based), or None when none improved yet.
+
+    Returns:
+        Rows after ``best_epoch`` whose ``val_mAP`` is a number (an evaluation
+        ran; other epochs log NaN).
+    """
+    epochs = history.get("epoch", [])
+    values = history.get("val_mAP", [])
+    first = 0 if best_epoch is None else best_epoch  # 0-based epoch column
+    return sum(
+        1
+        for epoch, value in zip(epochs, values, strict=False)
+        if int(epoch) >= first and value is not None and math.isfinite(value)
+    )
+
+
+class PatienceCounter:
+    """Counts validation passes without a val mAP gain; says when to stop.
+
+    The loop-independent half of early stopping: ``train``'s Keras callback
+    and the multi-worker step driver both feed it each epoch's logs.
+
+    Args:
+        patience: Passes without a gain that end the run (>= 1).
+        waited: Passes without a gain already behind (a resumed run).
+    """
+
+    def __init__(self, patience, waited=0):
+        self.patience = int(patience)
+        self.waited = int(waited)
+
+    def update(self, logs, improved):
+        """Record one epoch; return True when the run should stop.
+
+        Args:
+            logs: The epoch's logs (``val_mAP`` is NaN on epochs not evaluated).
+            improved: Whether this epoch set a new best val mAP.
+
+        Returns:
+            True after ``patience`` evaluated epochs in a row without a gain.
+        """
+        value = logs.get("val_mAP")
+        if value is None or not math.isfinite(value):
+            return False
+        self.waited = 0 if improved else self.waited + 1
+        return self.waited >= self.patience
+
+
+class EarlyStopOnValMAP(keras.callbacks.Callback):
+    """Stop training after ``patience`` validation passes without a val mAP gain.
+
+    Nothing is restored: the last epoch's weights stay in the model and
+    ``best.keras`` keeps the best epoch, as without early stopping. A resumed
+    run counts the passes already in ``history.csv``. Place it right after the
+    ``MultiLabelEvaluation`` it watches.
+
+    Args:
+        evaluation: The run's :class:`MultiLabelEvaluation`.
+        patience: Validation passes without a gain before stopping (>= 1).
+        history_path: ``history.csv`` of the run (read when training begins).
+        log: A ``print``-like function.
+    """
+
+    def __init__(self, evaluation, patience, history_path=None, log=print):
+        super().__init__()
+        self.evaluation = evaluation
+        self.counter = PatienceCounter(patience)
+        self.history_path = history_path
+        self.log = log
+        self.stopped_epoch = None
+
+    def on_train_begin(self, logs=None):
+        """Resume the count from the run's history."""
+        history = read_history(self.history_path) if self.history_path else {}
+        self.counter.waited = evaluations_without_gain(history, self.evaluation.best_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Count this epoch's pass; stop the fit when patience runs out."""
+        logs = logs or {}
+        if self.counter.update(logs, self.evaluation.best_epoch == epoch + 1):
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+            self.log(
+                f"early stop after epoch {epoch + 1}: no val mAP gain in "
+                f"{self.counter.patience} evaluation(s) (best {self.evaluation.best_epoch})"
+            )
 
 
 def _replica_components(variable):

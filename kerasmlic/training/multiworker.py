@@ -26,7 +26,15 @@ losses, optimiser, metrics and run directory as ``train(config)``:
   the chief's latest checkpoint and loses only the epoch in progress;
 - only the chief writes ``history.csv``, the best model, the evaluation and
   ``summary.json``; validation runs on the chief alone, with plain forward
-  passes (no collective ops, so the other workers need not take part).
+  passes (no collective ops, so the other workers need not take part);
+- ``train.early_stopping_patience``: the chief decides after its validation
+  pass and every worker learns the decision through one all-reduce per
+  epoch, so all of them leave the loop after the same epoch;
+- ``train.deterministic`` seeds every worker and turns on TensorFlow's
+  deterministic ops, as in ``train``; each worker's input order is then
+  fixed, so a rerun with the same cluster repeats the run;
+- calibration (``evaluation.calibrate``) runs on the chief after training,
+  on the train holdout (left out of every worker's stream) or on another split.
 """
 
 import csv
@@ -221,7 +229,7 @@ def train_multiworker(config, *, log=print):
 
     from kerasmlic import config as config_lib
     from kerasmlic.models.registry import build_model
-    from kerasmlic.training import rundir, trainer
+    from kerasmlic.training import builder, rundir, trainer
 
     config = trainer.resolve(config)
     train_cfg, data_cfg = config["train"], config["data"]
@@ -232,9 +240,8 @@ def train_multiworker(config, *, log=print):
             "--strategy multiworker trains in one phase: set train.freeze_encoder_epochs=0"
         )
     name = config["model"]["name"]
-    if train_cfg["class_weighting"] != "none" and name not in trainer._BCE_MODELS:
-        raise UsageError(f"train.class_weighting applies to the bce model only, not {name!r}")
     data_dir, manifest, train_info = trainer.check_data(config)
+    trainer.check_options(config, manifest, data_dir)
     config["run_dir"] = config["run_dir"] or trainer.default_run_dir(config)
     # Checks above run no TF op: collective ops must be configured before the first.
     strategy = make_strategy()
@@ -248,18 +255,18 @@ def train_multiworker(config, *, log=print):
     try:
         if train_cfg["mixed_precision"]:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        keras.utils.set_random_seed(train_cfg["seed"])
-        with strategy.scope():
-            model = build_model(
-                name,
-                num_classes=len(manifest["classes"]),
-                image_size=data_cfg["image_size"],
-                **config_lib.model_settings(config),
-            )
-        if chief:
-            resuming = rundir.prepare_run_dir(run_dir, config, data_dir, manifest)
-            say(f"{'resuming' if resuming else 'training'} {name} in {run_dir} on {data_dir}")
-        _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, say)
+        with builder.determinism(config):
+            with strategy.scope():
+                model = build_model(
+                    name,
+                    num_classes=len(manifest["classes"]),
+                    image_size=data_cfg["image_size"],
+                    **config_lib.model_settings(config),
+                )
+            if chief:
+                resuming = rundir.prepare_run_dir(run_dir, config, data_dir, manifest)
+                say(f"{'resuming' if resuming else 'training'} {name} in {run_dir} on {data_dir}")
+            _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, say)
         return run_dir if chief else work_dir
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -271,10 +278,10 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     import tensorflow as tf
 
     from kerasmlic.data.manifest import class_names, shard_paths
-    from kerasmlic.data.pipeline import make_dataset, workers_from_tf_config
+    from kerasmlic.data.pipeline import workers_from_tf_config
     from kerasmlic.models.base import split_targets
+    from kerasmlic.training import builder, rundir, trainer
     from kerasmlic.training import callbacks as cb
-    from kerasmlic.training import rundir, trainer
     from kerasmlic.training.optim import make_optimizer
     from kerasmlic.training.rundir import RunPaths
 
@@ -284,28 +291,18 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     paths = RunPaths(config["run_dir"])
     global_batch = data_cfg["batch_size"]
     epochs = train_cfg["epochs"]
-    steps_per_epoch = train_cfg["steps_per_epoch"] or train_info["num_examples"] // global_batch
+    steps_per_epoch = builder.steps_per_epoch(
+        config, builder.train_examples(config, data_dir, train_info)
+    )
     num_workers = workers_from_tf_config()
     num_files = len(shard_paths(data_dir, data_cfg["train_split"], manifest))
     policy, message = describe_sharding(
         num_files, num_workers, global_batch, strategy.num_replicas_in_sync
     )
     log(message)
-    label_order, max_labels = trainer.sequence_settings(model)
-    ds = make_dataset(
-        data_dir,
-        data_cfg["train_split"],
-        image_size=data_cfg["image_size"],
-        batch_size=global_batch,  # experimental_distribute_dataset rebatches per replica
-        training=True,
-        normalization=model.normalization,
-        label_order=label_order,
-        max_labels=max_labels,
-        seed=train_cfg["seed"],
-        shuffle_buffer=data_cfg["shuffle_buffer"],
-        repeat=True,
-        shard_policy=policy,
-        num_workers=num_workers,
+    # Global batches: experimental_distribute_dataset rebatches them per replica.
+    ds = builder.train_dataset(
+        config, model, data_dir, shard_policy=policy, num_workers=num_workers
     )
     iterator = iter(strategy.experimental_distribute_dataset(ds))
 
@@ -316,9 +313,13 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
         )
         optimizer = model.optimizer
         optimizer.build(model.trainable_variables)
-        metrics = trainer._fit_metrics(len(names))
+        metrics = trainer.fit_metrics(len(names))
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+        # The epoch early stopping ended the run after (0: not stopped).
+        stopped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="stopped_early_at")
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_var, stopped=stopped_var
+    )
     chief_ckpt_dir = os.path.join(paths.root, "backup", CHECKPOINT_FOLDER)
     ckpt_dir = chief_ckpt_dir if chief else os.path.join(work_dir, "ckpt")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
@@ -380,6 +381,21 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
                 component.assign(mean)
 
     @tf.function(autograph=False)
+    def agree_to_stop(flag):
+        def replica_fn():
+            # tf.identity places the flag on the replica's device for the collective.
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+        return strategy.run(replica_fn)
+
+    def stop_everywhere(chief_says_stop):
+        # Only the chief evaluates; the others learn its decision from the sum.
+        flag = tf.constant(1.0 if chief_says_stop else 0.0)
+        total = strategy.experimental_local_results(agree_to_stop(flag))[0]
+        return float(total) > 0
+
+    @tf.function(autograph=False)
     def read_metrics():
         return {metric.name: metric.result() for metric in metrics}
 
@@ -394,8 +410,17 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     evaluation.set_model(model)
     if chief:
         evaluation.on_train_begin()
+    patience = train_cfg["early_stopping_patience"]
+    counter = None
+    if patience:
+        waited = 0
+        if chief:
+            history = rundir.read_history(paths.history)
+            waited = cb.evaluations_without_gain(history, evaluation.best_epoch)
+        counter = cb.PatienceCounter(patience, waited)
     kill_after = os.environ.get(KILL_HOOK_ENV)
-    for epoch in range(start_epoch, epochs):
+    stopped_at = int(stopped_var.numpy()) or None
+    for epoch in range(start_epoch, epochs if stopped_at is None else start_epoch):
         epoch_start = time.time()
         for metric in metrics:
             metric.reset_state()
@@ -428,8 +453,21 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
         # The row goes before the checkpoint: a kill in between leaves a row
         # that trim_history drops on resume, never a missing one. Every worker
         # saves (the save is collective); only the chief's copy is kept.
+        stop = False
+        if counter is not None:
+            improved = chief and evaluation.best_epoch == epoch + 1
+            stop = stop_everywhere(chief and counter.update(logs, improved))
+        if stop:
+            stopped_at = epoch + 1
+            stopped_var.assign(stopped_at)
+            log(
+                f"early stop after epoch {epoch + 1}: no val mAP gain in {patience} "
+                f"evaluation(s) (best {evaluation.best_epoch})"
+            )
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)
+        if stop:
+            break
 
     if not chief:
         return True
@@ -437,7 +475,7 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     rundir.write_state(paths.root, {"phases_done": 1})
     if not os.path.isfile(paths.best):
         cb.save_model_atomic(model, paths.best)
-    _finish(config, paths, names, evaluation, start_time, log)
+    _finish(config, paths, names, evaluation, start_time, log, stopped_at)
     return True
 
 
@@ -456,7 +494,7 @@ def keras_lr(optimizer):
     return float(np.asarray(inner.learning_rate))
 
 
-def _finish(config, paths, names, evaluation, start_time, log):
+def _finish(config, paths, names, evaluation, start_time, log, stopped_at=None):
     """Chief only: evaluate the best model on the val split and write ``summary.json``."""
     from kerasmlic.data.manifest import write_json_atomic
     from kerasmlic.evaluation.evaluate import evaluate_model, format_table, write_evaluation
@@ -466,14 +504,13 @@ def _finish(config, paths, names, evaluation, start_time, log):
     data_cfg, eval_cfg = config["data"], config["evaluation"]
     # A model loaded outside the strategy's scope predicts without collectives.
     best = trainer.load_model(paths.best)
-    if eval_cfg["calibrate"]:
-        trainer.calibrate_model(
-            best, config["data"]["dir"], data_cfg["val_split"], eval_cfg["batch_size"], log
-        )
+    thresholds_from = trainer.calibrate_for_config(best, config, config["data"]["dir"], log)
+    if thresholds_from is not None:
         cb.save_model_atomic(best, paths.best)
     results, predictions = evaluate_model(
         best, config["data"]["dir"], data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
     )
+    results["thresholds_from"] = thresholds_from
     write_evaluation(
         results,
         predictions,
@@ -489,10 +526,12 @@ def _finish(config, paths, names, evaluation, start_time, log):
             "epochs": config["train"]["epochs"],
             "best_epoch": evaluation.best_epoch,
             "best_val_mAP": cb.finite_or_none(evaluation.best),
+            "stopped_early_at": stopped_at,
             "train_seconds_this_process": round(time.time() - start_time, 1),
             "epochs_logged": len(history.get("epoch", [])),
             "val": {k: v for k, v in results.items() if k != "per_class"},
-            "calibrated": bool(eval_cfg["calibrate"]),
+            "calibrated": thresholds_from is not None,
+            "thresholds_from": thresholds_from,
             "strategy": "multiworker",
         },
     )

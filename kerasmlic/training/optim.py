@@ -43,18 +43,26 @@ def make_optimizer(train_config, steps_per_epoch, epochs):
 
     Args:
         train_config: The ``train`` section (``learning_rate``, ``weight_decay``,
-            ``warmup_epochs``, ``min_learning_rate_ratio``, ``global_clipnorm``,
-            ``use_ema``, ``ema_momentum``).
+            ``warmup_epochs`` or ``warmup_fraction`` (of all steps; it wins when
+            set), ``min_learning_rate_ratio``, ``global_clipnorm``, ``use_ema``,
+            ``ema_momentum``).
         steps_per_epoch: Optimiser steps per epoch.
         epochs: Epochs the schedule spans.
 
     Returns:
         A ``keras.optimizers.AdamW`` (not yet built).
     """
+    total_steps = steps_per_epoch * epochs
+    fraction = train_config.get("warmup_fraction")
+    warmup_steps = (
+        round(fraction * total_steps)
+        if fraction is not None
+        else round(train_config["warmup_epochs"] * steps_per_epoch)
+    )
     schedule = make_schedule(
         train_config["learning_rate"],
-        total_steps=steps_per_epoch * epochs,
-        warmup_steps=round(train_config["warmup_epochs"] * steps_per_epoch),
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
         min_ratio=train_config["min_learning_rate_ratio"],
     )
     optimizer = keras.optimizers.AdamW(

@@ -12,19 +12,18 @@ Layout::
       checkpoints/           last.weights.h5 (every epoch), phaseN.weights.h5
       state.json             phases completed (freeze-then-fine-tune)
       best.keras, best.json  best model by val mAP, and its epoch
-      eval_val.json          final evaluation (DESIGN.md metric keys)
+      eval_val.json          final evaluation (docs/design.md metric keys)
       predictions_val.npz    its scores, predicted sets and ground truth
       summary.json           written last: the run finished
 """
 
 import copy
 import csv
-import hashlib
 import json
 import os
 
 from kerasmlic.config import save_config
-from kerasmlic.data.manifest import class_names, manifest_path, write_json_atomic
+from kerasmlic.data.manifest import class_names, file_sha256, manifest_path, write_json_atomic
 from kerasmlic.errors import UsageError
 
 # Config keys that may differ between a run and its resumption.
@@ -73,22 +72,6 @@ class RunPaths:
     def predictions(self, split):
         """Return the predictions file of a split."""
         return os.path.join(self.root, f"predictions_{split}.npz")
-
-
-def file_sha256(path):
-    """Return the hex sha256 of a file.
-
-    Args:
-        path: A file.
-
-    Returns:
-        64 hex characters.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_reference(data_dir, manifest):

@@ -4,9 +4,13 @@ Steps: resolve the config, check the shards, prepare (or resume) the run
 directory, build the model under the distribution strategy, then fit in one
 or two phases (encoder frozen for ``train.freeze_encoder_epochs``, then
 fine-tuned), each with its own AdamW warm-up + cosine schedule and its own
-``BackupAndRestore`` folder. After training: load the best model (by val
-mAP), optionally calibrate per-class thresholds on the validation split,
-evaluate it, and write ``summary.json`` last.
+``BackupAndRestore`` folder; ``train.early_stopping_patience`` ends the run
+after that many validation passes without a val mAP gain (the best model is
+kept, not restored into the last). After training: load the best model (by
+val mAP), optionally calibrate per-class thresholds on data the validation
+split never sees (``evaluation.calibration_split``: a held-out part of train
+by default, see :mod:`kerasmlic.training.builder`), evaluate it on the
+validation split, and write ``summary.json`` last.
 """
 
 import copy
@@ -17,11 +21,12 @@ import time
 from kerasmlic import config as config_lib
 from kerasmlic.data.manifest import class_names, load_manifest, split_info, write_json_atomic
 from kerasmlic.errors import UsageError
-from kerasmlic.training import rundir
+from kerasmlic.training import builder, rundir
+from kerasmlic.training.builder import sequence_settings  # noqa: F401  (public here too)
 from kerasmlic.training.rundir import RunPaths
 
-# Models whose loss is plain BCE on the scores, so ``train.class_weighting`` applies.
-_BCE_MODELS = ("bce",)
+BCE_MODELS = ("bce",)
+"""Models whose loss is plain BCE on the logits, so ``train.class_weighting`` applies."""
 
 
 def resolve(config):
@@ -39,7 +44,7 @@ def resolve(config):
     if isinstance(config, (str, os.PathLike)):
         return config_lib.load_config(os.fspath(config))
     merged = config_lib.default_config()
-    config_lib._merge(merged, copy.deepcopy(dict(config)))
+    config_lib.merge_config(merged, copy.deepcopy(dict(config)))
     return config_lib.validate_config(merged)
 
 
@@ -73,28 +78,6 @@ def _phases(train_cfg, model_options):
     return phases
 
 
-def sequence_settings(model):
-    """Return ``(label_order, max_labels)`` for the pipeline, or ``(None, None)``.
-
-    The model's options decide both: its ``max_labels`` fixes the sequence
-    length and its ``label_order`` the training order (an orderless ``pla``
-    model asks for any fixed order through ``pipeline_label_order``).
-
-    Args:
-        model: A built kerasmlic model.
-
-    Returns:
-        The label order and length the model's targets need.
-    """
-    if not getattr(type(model), "uses_sequences", False):
-        return None, None
-    model_cfg = getattr(model, "_kerasmlic_config", {}) or {}
-    order = getattr(model, "pipeline_label_order", None) or model_cfg.get("label_order")
-    if order in (None, "pla"):
-        order = "frequent_first"
-    return order, model_cfg.get("max_labels")
-
-
 def find_thresholds_layers(model):
     """Return the model's ``Thresholds`` layers (where calibrated thresholds go).
 
@@ -120,10 +103,41 @@ def _have_tensorboard():
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def _fit_metrics(num_classes):
+def fit_metrics(num_classes):
+    """Return the streaming metrics every training loop reports per epoch.
+
+    Args:
+        num_classes: Classes of the shards.
+
+    Returns:
+        A list of fresh Keras metrics.
+    """
     from kerasmlic.metrics.streaming import default_fit_metrics
 
     return default_fit_metrics(num_classes)
+
+
+def check_options(config, manifest, data_dir):
+    """Check the options every training loop shares, before anything is built.
+
+    Args:
+        config: A resolved config.
+        manifest: The shard folder's manifest.
+        data_dir: The shard folder.
+
+    Raises:
+        UsageError: Class weighting on a model it does not apply to, or a
+            calibration split that is the reported one, the training split or
+            missing.
+    """
+    name = config["model"]["name"]
+    if config["train"]["class_weighting"] != "none" and name not in BCE_MODELS:
+        raise UsageError(
+            f"train.class_weighting applies to the {', '.join(BCE_MODELS)} model only, not {name!r}"
+        )
+    source = builder.calibration_source(config)
+    if source is not None and source != builder.TRAIN_HOLDOUT:
+        split_info(manifest, source, data_dir)
 
 
 def class_weighted_loss(config, train_info):
@@ -204,12 +218,8 @@ def train(config, *, log=print):
         from kerasmlic.training.multiworker import train_multiworker
 
         return train_multiworker(config, log=log)
-    if config["train"]["class_weighting"] != "none" and name not in _BCE_MODELS:
-        raise UsageError(
-            f"train.class_weighting applies to the {', '.join(_BCE_MODELS)} model only, "
-            f"not {name!r}"
-        )
     data_dir, manifest, train_info = check_data(config)
+    check_options(config, manifest, data_dir)
     config["run_dir"] = config["run_dir"] or default_run_dir(config)
 
     import keras
@@ -218,23 +228,24 @@ def train(config, *, log=print):
     try:
         if config["train"]["mixed_precision"]:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        # The model is built before the run dir is touched, so a config the
-        # model rejects (e.g. an image size) leaves nothing half-made behind.
-        strategy, model = _build(config, manifest)
-        resuming = rundir.prepare_run_dir(config["run_dir"], config, data_dir, manifest)
-        log(f"{'resuming' if resuming else 'training'} {name} in {config['run_dir']} on {data_dir}")
-        return _train(config, strategy, model, data_dir, manifest, train_info, log)
+        with builder.determinism(config):
+            # The model is built before the run dir is touched, so a config the
+            # model rejects (e.g. an image size) leaves nothing half-made behind.
+            strategy, model = _build(config, manifest)
+            resuming = rundir.prepare_run_dir(config["run_dir"], config, data_dir, manifest)
+            log(
+                f"{'resuming' if resuming else 'training'} {name} in {config['run_dir']} "
+                f"on {data_dir}"
+            )
+            return _train(config, strategy, model, data_dir, manifest, train_info, log)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _build(config, manifest):
-    import keras
-
     from kerasmlic.models.registry import build_model
     from kerasmlic.training.strategy import make_strategy
 
-    keras.utils.set_random_seed(config["train"]["seed"])
     strategy = make_strategy(config["train"]["strategy"])
     with strategy.scope():
         model = build_model(
@@ -249,7 +260,7 @@ def _build(config, manifest):
 def _train(config, strategy, model, data_dir, manifest, train_info, log):
     import keras
 
-    from kerasmlic.data.pipeline import make_dataset, read_split_labels
+    from kerasmlic.data.pipeline import read_split_labels
     from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.models.encoders import set_encoder_trainable
     from kerasmlic.training import callbacks as cb
@@ -260,24 +271,14 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
     paths = RunPaths(config["run_dir"])
     names = class_names(manifest)
     options = config_lib.model_settings(config)
-    label_order, max_labels = sequence_settings(model)
-    steps = train_cfg["steps_per_epoch"]
-    train_ds = make_dataset(
-        data_dir,
-        data_cfg["train_split"],
-        image_size=data_cfg["image_size"],
-        batch_size=data_cfg["batch_size"],
-        training=True,
-        normalization=model.normalization,
-        label_order=label_order,
-        max_labels=max_labels,
-        seed=train_cfg["seed"],
-        shuffle_buffer=data_cfg["shuffle_buffer"],
-        # A repeated stream with a fixed step count: exact epochs and schedule,
-        # no end-of-data probing.
-        repeat=True,
-    )
-    steps_per_epoch = steps or train_info["num_examples"] // data_cfg["batch_size"]
+    train_ds = builder.train_dataset(config, model, data_dir)
+    num_train = builder.train_examples(config, data_dir, train_info)
+    steps_per_epoch = builder.steps_per_epoch(config, num_train)
+    if builder.train_holdout(config) is not None:
+        log(
+            f"training on {num_train} of {train_info['num_examples']} train images; the rest "
+            f"({100 * eval_cfg['holdout_fraction']:g}%) is held out to calibrate thresholds"
+        )
     val_labels = read_split_labels(data_dir, data_cfg["val_split"])
 
     def predict_val(m):
@@ -303,7 +304,7 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
     phases = _phases(train_cfg, options)
     verbose = fit_verbosity(train_cfg["verbose"])
     for index, (first, last, trainable) in enumerate(phases):
-        if index < state["phases_done"]:
+        if index < state["phases_done"] or state.get("stopped_early_at"):
             continue
         if index and index == state["phases_done"]:
             model.load_weights(paths.phase_weights(index - 1))
@@ -320,7 +321,7 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
             model.compile(
                 optimizer=make_optimizer(phase_cfg, steps_per_epoch, last - first),
                 loss=loss,
-                metrics=_fit_metrics(len(names)),
+                metrics=fit_metrics(len(names)),
                 jit_compile=train_cfg["jit_compile"],
             )
         backup = paths.backup_dir(index)
@@ -333,6 +334,14 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
             cb.AverageReplicaStatistics(),
             cb.LearningRateLogger(),
             evaluation,
+        ]
+        stopper = None
+        if train_cfg["early_stopping_patience"]:
+            stopper = cb.EarlyStopOnValMAP(
+                evaluation, train_cfg["early_stopping_patience"], paths.history, log=log
+            )
+            callbacks.append(stopper)
+        callbacks += [
             cb.EpochTimer(),
             # The history row goes before the backup: a kill in between leaves a
             # row that trim_history drops on resume, never a missing one.
@@ -358,19 +367,23 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
         )
         cb.save_weights_atomic(model, paths.phase_weights(index))
         state = {"phases_done": index + 1}
+        if stopper is not None and stopper.stopped_epoch is not None:
+            # Later phases are skipped, on this call and on any resumed one.
+            state["stopped_early_at"] = stopper.stopped_epoch
         rundir.write_state(paths.root, state)
 
     if not os.path.isfile(paths.best):
         cb.save_model_atomic(model, paths.best)
     best = load_model(paths.best)
-    if eval_cfg["calibrate"]:
-        calibrate_model(best, data_dir, data_cfg["val_split"], eval_cfg["batch_size"], log)
+    thresholds_from = calibrate_for_config(best, config, data_dir, log)
+    if thresholds_from is not None:
         cb.save_model_atomic(best, paths.best)
     from kerasmlic.evaluation.evaluate import evaluate_model, write_evaluation
 
     results, predictions = evaluate_model(
         best, data_dir, data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
     )
+    results["thresholds_from"] = thresholds_from
     write_evaluation(
         results,
         predictions,
@@ -384,10 +397,12 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
         "epochs": train_cfg["epochs"],
         "best_epoch": evaluation.best_epoch,
         "best_val_mAP": cb.finite_or_none(evaluation.best),
+        "stopped_early_at": state.get("stopped_early_at"),
         "train_seconds_this_process": round(time.time() - start_time, 1),
         "epochs_logged": len(history.get("epoch", [])),
         "val": {k: v for k, v in results.items() if k != "per_class"},
-        "calibrated": bool(eval_cfg["calibrate"]),
+        "calibrated": thresholds_from is not None,
+        "thresholds_from": thresholds_from,
     }
     write_json_atomic(paths.summary, summary)
     from kerasmlic.evaluation.evaluate import format_table
@@ -415,20 +430,48 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False)
 
 
-def calibrate_model(model, data_dir, split, batch_size=64, log=print):
+def calibrate_for_config(model, config, data_dir, log=print):
+    """Calibrate a trained model's thresholds where its config says; return the source.
+
+    Args:
+        model: The trained kerasmlic model (its thresholds are set in place).
+        config: Its resolved config.
+        data_dir: Shard folder.
+        log: A ``print``-like function.
+
+    Returns:
+        ``evaluation.calibration_split`` (``"train-holdout"`` or a split name)
+        when thresholds were fit, else None (calibration off, or a model
+        whose label set is decoded).
+    """
+    where = builder.calibration_holdout(config)
+    if where is None:
+        return None
+    split, holdout = where
+    thresholds = calibrate_model(
+        model, data_dir, split, config["evaluation"]["batch_size"], log, holdout=holdout
+    )
+    return None if thresholds is None else config["evaluation"]["calibration_split"]
+
+
+def calibrate_model(model, data_dir, split, batch_size=64, log=print, *, holdout=None):
     """Set the model's per-class thresholds to maximise F1 on a split.
 
     Args:
         model: A kerasmlic model.
         data_dir: Shard folder.
-        split: The held-out split to calibrate on.
+        split: The split to calibrate on (never the one the figures are reported on).
         batch_size: Prediction batch size.
         log: A ``print``-like function.
+        holdout: ``None``, or ``(part, fraction)`` to use part of the split
+            (``("heldout", f)``: the train images held out of training).
 
     Returns:
         The thresholds (C,), or None when the model has no ``Thresholds`` layer
         (its predicted set is decoded, e.g. a sequence model).
     """
+    import numpy as np
+
     from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.metrics.calibration import calibrate_thresholds
 
@@ -436,12 +479,13 @@ def calibrate_model(model, data_dir, split, batch_size=64, log=print):
     if not layers:
         log(f"calibration skipped: {model.name} has no thresholds (its label set is decoded)")
         return None
-    out = predict_split(model, data_dir, split, batch_size=batch_size)
+    out = predict_split(model, data_dir, split, batch_size=batch_size, holdout=holdout)
     thresholds = calibrate_thresholds(out["y_true"], out["scores"])
     for layer in layers:
         layer.thresholds.assign(thresholds.astype("float32"))
+    where = f"{split!r}" if holdout is None else f"the {100 * holdout[1]:g}% held out of {split!r}"
     log(
-        f"calibrated {len(thresholds)} per-class thresholds on {split!r} "
-        f"(median {float(sorted(thresholds)[len(thresholds) // 2]):.3f})"
+        f"calibrated {len(thresholds)} per-class thresholds on {where} "
+        f"({len(out['y_true'])} images, median {float(np.median(thresholds)):.3f})"
     )
     return thresholds

@@ -3,8 +3,8 @@
 ``build(hp)`` writes the trial's values into the base config
 (:func:`kerasmlic.tuning.space.trial_config`) and calls the same model
 factory as ``kerasmlic train`` (``kerasmlic.models.registry.build_model``).
-``fit(hp, model, ...)`` trains it the way ``train`` does: the same input
-pipeline (``make_dataset``, label sequences for sequence models), AdamW with
+``fit(hp, model, ...)`` trains it the way ``train`` does: the same training
+stream (:func:`kerasmlic.training.builder.train_dataset`), AdamW with
 warm-up + cosine decay (``make_optimizer``), class weighting for ``bce``, the
 NaN stop, and ``MultiLabelEvaluation``, which predicts the whole validation
 split after every epoch and puts the package's own ``val_mAP``
@@ -18,9 +18,11 @@ best config is trained with ``kerasmlic train``.
 import contextlib
 
 import keras_tuner
+import tensorflow as tf
 
 from kerasmlic import config as config_lib
 from kerasmlic.data.manifest import class_names
+from kerasmlic.training import builder
 from kerasmlic.training.trainer import check_data, class_weighted_loss, fit_verbosity
 from kerasmlic.tuning import space as space_lib
 
@@ -52,46 +54,17 @@ def build_config_model(config, num_classes):
     from kerasmlic.models.registry import build_model
 
     keras.utils.set_random_seed(config["train"]["seed"])
+    if config["train"]["deterministic"]:
+        import tensorflow as tf
+
+        # Process-wide and left on: a study's trials all run deterministically.
+        tf.config.experimental.enable_op_determinism()
     return build_model(
         config["model"]["name"],
         num_classes=num_classes,
         image_size=config["data"]["image_size"],
         **config_lib.model_settings(config),
     )
-
-
-def make_train_dataset(config, model, data_dir, train_info):
-    """The training stream ``train`` uses: repeated, with the model's targets.
-
-    Args:
-        config: A resolved config.
-        model: The model built from it (its normalisation and target kind).
-        data_dir: Shard folder.
-        train_info: ``split_info`` of the train split.
-
-    Returns:
-        ``(dataset, steps_per_epoch)``.
-    """
-    from kerasmlic.data.pipeline import make_dataset
-    from kerasmlic.training.trainer import sequence_settings
-
-    data_cfg, train_cfg = config["data"], config["train"]
-    label_order, max_labels = sequence_settings(model)
-    dataset = make_dataset(
-        data_dir,
-        data_cfg["train_split"],
-        image_size=data_cfg["image_size"],
-        batch_size=data_cfg["batch_size"],
-        training=True,
-        normalization=model.normalization,
-        label_order=label_order,
-        max_labels=max_labels,
-        seed=train_cfg["seed"],
-        shuffle_buffer=data_cfg["shuffle_buffer"],
-        repeat=True,
-    )
-    steps = train_cfg["steps_per_epoch"] or train_info["num_examples"] // data_cfg["batch_size"]
-    return dataset, steps
 
 
 class KerasmlicHyperModel(keras_tuner.HyperModel):
@@ -198,7 +171,10 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
         from kerasmlic.training.optim import make_optimizer
 
         config = self.config_for(hp)
-        train_ds, steps = make_train_dataset(config, model, self.data_dir, self.train_info)
+        train_ds = builder.train_dataset(config, model, self.data_dir)
+        steps = builder.steps_per_epoch(
+            config, builder.train_examples(config, self.data_dir, self.train_info)
+        )
         with contextlib.ExitStack() as stack:
             if self.strategy is not None:
                 stack.enter_context(self.strategy.scope())
@@ -229,3 +205,7 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
             )
         except cb.TrainingDiverged as e:
             raise keras_tuner.errors.FailedTrialError(str(e)) from None
+        except tf.errors.DataLossError as e:
+            # A corrupt shard fails every trial alike: stop the search at once (keras-tuner
+            # re-raises fatal errors) so the CLI names the shard in one line.
+            raise keras_tuner.errors.FatalRuntimeError(str(e)) from None

@@ -4,7 +4,7 @@ A tuning YAML is a training config (the base every trial starts from) plus a
 ``tune:`` section::
 
     tune:
-      tuner: hyperband          # hyperband (default) | random | bayesian
+      tuner: hyperband          # hyperband (default) | random | bayesian | grid
       max_trials: 20            # random/bayesian: trials; hyperband: a cap
       epochs: 9                 # per trial (hyperband: the most a trial gets)
       factor: 3                 # hyperband's reduction factor

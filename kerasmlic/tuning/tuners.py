@@ -1,4 +1,4 @@
-"""The three keras-tuner tuners, with what kerasmlic adds to each.
+"""The four keras-tuner tuners, with what kerasmlic adds to each.
 
 - The space is declared in one pass (every conditional entry registered,
   no model built) instead of keras-tuner's build-until-all-conditions-seen.
@@ -24,8 +24,9 @@ from kerasmlic.errors import UsageError
 from kerasmlic.tuning import distributed
 from kerasmlic.tuning.hypermodel import objective
 
-TUNERS = ("hyperband", "random", "bayesian")
-"""``--tuner`` choices; ``hyperband`` is the default."""
+TUNERS = ("hyperband", "random", "bayesian", "grid")
+"""``--tuner`` choices; ``hyperband`` is the default; ``grid`` tries every combination
+(of ``choice`` entries) once, e.g. the learning rates of ``kerasmlic reproduce``."""
 
 TRIAL_RECORD = "kerasmlic_trial.json"
 """Per-trial record written beside keras-tuner's ``trial.json``."""
@@ -135,6 +136,10 @@ class BayesianTuner(_KerasmlicTuner, keras_tuner.BayesianOptimization):
     """keras-tuner's BayesianOptimization with kerasmlic's additions."""
 
 
+class GridTuner(_KerasmlicTuner, keras_tuner.GridSearch):
+    """keras-tuner's GridSearch with kerasmlic's additions."""
+
+
 def make_tuner(
     kind,
     hypermodel,
@@ -161,7 +166,8 @@ def make_tuner(
         overwrite: Delete an existing project first (else keras-tuner reloads it).
         epochs: Epochs per trial (``hyperband``: the most any trial gets).
         max_trials: Trials to run (``random``, ``bayesian``: required; ``hyperband``:
-            a cap on its schedule's trials, or None for the whole schedule).
+            a cap on its schedule's trials, or None for the whole schedule;
+            ``grid``: a cap, or None for the whole grid).
         factor: Hyperband's reduction factor.
         hyperband_iterations: Hyperband's passes over its brackets.
         seed: The search's seed (any int, 0 included; the same seed gives the
@@ -200,6 +206,8 @@ def make_tuner(
             raise UsageError(f"the {kind} tuner needs --max-trials (tune.max_trials)")
         cls = RandomTuner if kind == "random" else BayesianTuner
         tuner = cls(max_trials=max_trials, **common)
+    elif kind == "grid":
+        tuner = GridTuner(max_trials=max_trials, **common)
     else:
         raise UsageError(f"unknown tuner {kind!r}; choose from {', '.join(TUNERS)}")
     tuner._log = log

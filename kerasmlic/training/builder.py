@@ -1,0 +1,230 @@
+"""What every training loop builds the same way: the training stream, its holdout, determinism.
+
+``train`` (``model.fit``), the multi-worker step driver and the tuner's
+trials all read the training split through :func:`train_dataset`, so they
+share the same pipeline settings (augmentation, label sequences, seed,
+shuffle buffer) and the same train holdout when thresholds are calibrated on
+one (``evaluation.calibration_split: train-holdout``).
+"""
+
+import contextlib
+
+from kerasmlic.errors import UsageError
+
+TRAIN_HOLDOUT = "train-holdout"
+"""``evaluation.calibration_split`` value: fit thresholds on a held-out part of train."""
+
+
+def sequence_settings(model):
+    """Return ``(label_order, max_labels)`` for the pipeline, or ``(None, None)``.
+
+    The model's options decide both: its ``max_labels`` fixes the sequence
+    length and its ``label_order`` the training order (an orderless ``pla``
+    model asks for any fixed order through ``pipeline_label_order``).
+
+    Args:
+        model: A built kerasmlic model.
+
+    Returns:
+        The label order and length the model's targets need.
+    """
+    if not getattr(type(model), "uses_sequences", False):
+        return None, None
+    model_cfg = getattr(model, "_kerasmlic_config", {}) or {}
+    order = getattr(model, "pipeline_label_order", None) or model_cfg.get("label_order")
+    if order in (None, "pla"):
+        order = "frequent_first"
+    return order, model_cfg.get("max_labels")
+
+
+def calibration_source(config):
+    """Return where a config fits its thresholds: None, ``"train-holdout"`` or a split name.
+
+    Args:
+        config: A resolved config.
+
+    Returns:
+        None when ``evaluation.calibrate`` is off, else
+        ``evaluation.calibration_split``.
+
+    Raises:
+        UsageError: The calibration split is the reported (validation) or the
+            training split, or a train holdout of no images.
+    """
+    eval_cfg = config["evaluation"]
+    if not eval_cfg["calibrate"]:
+        return None
+    source = eval_cfg["calibration_split"]
+    if source == config["data"]["val_split"]:
+        raise UsageError(
+            f"evaluation.calibration_split={source!r} is the split the figures are reported on; "
+            f"use {TRAIN_HOLDOUT!r} or another split"
+        )
+    if source == config["data"]["train_split"]:
+        raise UsageError(
+            f"evaluation.calibration_split={source!r} is the training split (thresholds fit on "
+            f"seen images are optimistic); use {TRAIN_HOLDOUT!r}"
+        )
+    if source == TRAIN_HOLDOUT and not 0 < eval_cfg["holdout_fraction"] < 1:
+        raise UsageError(
+            f"evaluation.holdout_fraction must be in (0, 1) to calibrate on {TRAIN_HOLDOUT!r}, "
+            f"got {eval_cfg['holdout_fraction']!r}"
+        )
+    return source
+
+
+def train_holdout(config):
+    """Return the training split's holdout: ``("rest", fraction)`` or None.
+
+    A fraction of train is held out of training only when thresholds are
+    calibrated on it.
+
+    Args:
+        config: A resolved config.
+
+    Returns:
+        The ``holdout`` argument of ``make_dataset`` for the training stream.
+    """
+    if calibration_source(config) != TRAIN_HOLDOUT:
+        return None
+    return ("rest", config["evaluation"]["holdout_fraction"])
+
+
+def calibration_holdout(config):
+    """Return ``(split, holdout)`` that calibration predicts, or None when not calibrating.
+
+    Args:
+        config: A resolved config.
+
+    Returns:
+        ``(train split, ("heldout", fraction))`` for ``train-holdout``,
+        ``(split, None)`` for a split name, or None.
+    """
+    source = calibration_source(config)
+    if source is None:
+        return None
+    if source == TRAIN_HOLDOUT:
+        return config["data"]["train_split"], ("heldout", config["evaluation"]["holdout_fraction"])
+    return source, None
+
+
+def train_examples(config, data_dir, train_info):
+    """Return how many training images the stream reads (the holdout excluded).
+
+    Args:
+        config: A resolved config.
+        data_dir: Shard folder.
+        train_info: ``split_info`` of the train split.
+
+    Returns:
+        The image count.
+    """
+    holdout = train_holdout(config)
+    if holdout is None:
+        return train_info["num_examples"]
+    from kerasmlic.data.pipeline import read_split_ids
+
+    return int(len(read_split_ids(data_dir, config["data"]["train_split"], holdout)))
+
+
+def steps_per_epoch(config, num_examples):
+    """Return ``train.steps_per_epoch``, or full batches over ``num_examples``.
+
+    Args:
+        config: A resolved config.
+        num_examples: Training images.
+
+    Returns:
+        Steps per epoch (>= 1).
+
+    Raises:
+        UsageError: Fewer training images than one batch.
+    """
+    steps = config["train"]["steps_per_epoch"]
+    if steps:
+        return steps
+    batch = config["data"]["batch_size"]
+    if num_examples < batch:
+        raise UsageError(
+            f"{num_examples} training images (after the calibration holdout) are fewer than "
+            f"one batch ({batch}); lower --batch-size"
+        )
+    return num_examples // batch
+
+
+def train_dataset(config, model, data_dir, *, shard_policy="auto", num_workers=None):
+    """The training stream of a config: repeated, augmented, with the model's targets.
+
+    Args:
+        config: A resolved config.
+        model: The model built from it (its normalisation and target kind).
+        data_dir: Shard folder.
+        shard_policy: ``make_dataset``'s ``shard_policy`` (multi-worker).
+        num_workers: ``make_dataset``'s ``num_workers`` (multi-worker).
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, targets)`` batches of
+        ``data.batch_size`` (global), repeated forever.
+    """
+    from kerasmlic.data.pipeline import make_dataset
+
+    data_cfg, train_cfg = config["data"], config["train"]
+    label_order, max_labels = sequence_settings(model)
+    dataset = make_dataset(
+        data_dir,
+        data_cfg["train_split"],
+        image_size=data_cfg["image_size"],
+        batch_size=data_cfg["batch_size"],
+        training=True,
+        normalization=model.normalization,
+        label_order=label_order,
+        max_labels=max_labels,
+        seed=train_cfg["seed"],
+        shuffle_buffer=data_cfg["shuffle_buffer"],
+        augment=data_cfg["augment"],
+        holdout=train_holdout(config),
+        # A repeated stream with a fixed step count: exact epochs and schedule,
+        # no end-of-data probing.
+        repeat=True,
+        shard_policy=shard_policy,
+        num_workers=num_workers,
+    )
+    if train_cfg["deterministic"]:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.deterministic = True
+        dataset = dataset.with_options(options)
+    return dataset
+
+
+@contextlib.contextmanager
+def determinism(config):
+    """Seed Python, NumPy and TF, and, with ``train.deterministic``, deterministic TF ops.
+
+    ``tf.config.experimental.enable_op_determinism`` is process-wide; it is
+    switched off again on exit when it was off before, so a study's
+    deterministic run does not slow later work in the same process.
+
+    Args:
+        config: A resolved config.
+
+    Yields:
+        None.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config["train"]["seed"])
+    if not config["train"]["deterministic"]:
+        yield
+        return
+    from tensorflow.python.framework import config as tf_config
+
+    was_on = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
