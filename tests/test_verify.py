@@ -112,3 +112,20 @@ def test_evaluate_on_a_truncated_shard_names_it_and_exits_2(good, tmp_path, caps
     assert cli_main(["evaluate", run, "--data", data]) == 2
     line = _assert_one_line(capsys.readouterr().err, os.path.abspath(bad), "evaluate")
     assert "is truncated: cut off after" in line
+
+
+def test_tune_on_a_corrupt_shard_names_it_in_one_line_and_exits_2(good, tmp_path, capsys):
+    data = _copy(good, tmp_path)
+    bad = shard_paths(data, "train")[0]
+    _flip_byte(bad, os.path.getsize(bad) // 2)
+    config = tmp_path / "tune.yaml"
+    config.write_text(
+        "model: {name: bce, encoder: tiny}\n"
+        "data: {image_size: 32, batch_size: 8}\n"
+        "train: {epochs: 1}\n"
+        "tune: {space: {train.learning_rate: {choice: [0.001, 0.002]}}}\n"
+    )
+    args = ["tune", str(config), "--data", data, "--directory", str(tmp_path / "tune")]
+    assert cli_main([*args, "--tuner", "random", "--max-trials", "1"]) == 2
+    line = _assert_one_line(capsys.readouterr().err, os.path.abspath(bad), "tune")
+    assert "corrupted: its sha256 differs" in line
