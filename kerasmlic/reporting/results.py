@@ -467,15 +467,7 @@ def write_report(
         "",
         *order_lines,
     ]
-    plot_lines = ["", "## Plots", ""] + [
-        f"- {key}: ![{key}]({os.path.basename(path)})" for key, path in figures.items()
-    ]
-    text = "\n".join(header + analysis_lines + plot_lines) + "\n"
-    path = os.path.join(out, "results.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    path, text = _write_results_md(out, header + analysis_lines, figures)
     return {"results": path, "plots": figures, "ordering_holds": holds, "text": text}
 
 
@@ -612,15 +604,7 @@ def write_study_report(
         "",
         *order_lines,
     ]
-    plot_lines = ["", "## Plots", ""] + [
-        f"- {key}: ![{key}]({os.path.basename(path)})" for key, path in figures.items()
-    ]
-    text = "\n".join(header + analysis_lines + plot_lines) + "\n"
-    path = os.path.join(out, "results.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    path, text = _write_results_md(out, header + analysis_lines, figures)
     return {
         "results": path,
         "plots": figures,
@@ -629,3 +613,21 @@ def write_study_report(
         "paired": paired,
         "text": text,
     }
+
+
+def _write_results_md(out, lines, figures):
+    """Write ``OUT/results.md`` atomically: ``lines``, then a list of the plots.
+
+    Returns:
+        ``(path, text)``.
+    """
+    plot_lines = ["", "## Plots", ""] + [
+        f"- {key}: ![{key}]({os.path.basename(path)})" for key, path in figures.items()
+    ]
+    text = "\n".join(lines + plot_lines) + "\n"
+    path = os.path.join(out, "results.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path, text
