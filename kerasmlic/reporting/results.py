@@ -445,11 +445,7 @@ def write_report(
     header = [
         f"# {title}",
         "",
-        f"- Command: `{command}`" if command else "- Command: (library call)",
-        f"- Machine: {machine_description()}",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}"
-        + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
-        + (f", CPU time {cpu_seconds / 60:.1f} min (user + system)" if cpu_seconds else ""),
+        *_run_lines(command, wall_seconds, cpu_seconds),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val['num_examples']} {split} images, {len(names)} classes",
         "",
@@ -569,11 +565,7 @@ def write_study_report(
     header = [
         f"# {title}",
         "",
-        f"- Command: `{command}`" if command else "- Command: (library call)",
-        f"- Machine: {machine_description()}",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}"
-        + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
-        + (f", CPU time {cpu_seconds / 60:.1f} min (user + system)" if cpu_seconds else ""),
+        *_run_lines(command, wall_seconds, cpu_seconds),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val.get('num_examples', '?')} val / {info['num_examples']} {split} images, "
         f"{len(names)} classes",
@@ -631,3 +623,14 @@ def _write_results_md(out, lines, figures):
         f.write(text)
     os.replace(tmp, path)
     return path, text
+
+
+def _run_lines(command, wall_seconds, cpu_seconds):
+    """The report header's command, machine and date/time lines."""
+    return [
+        f"- Command: `{command}`" if command else "- Command: (library call)",
+        f"- Machine: {machine_description()}",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}"
+        + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
+        + (f", CPU time {cpu_seconds / 60:.1f} min (user + system)" if cpu_seconds else ""),
+    ]
