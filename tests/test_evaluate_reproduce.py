@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import numpy as np
@@ -297,3 +298,30 @@ def test_demo_end_to_end(tmp_path):
     built = load_manifest(out["shard_dir"])["splits"]["test"]["num_examples"]
     assert 950 <= test["num_images"] == built <= 1000  # images with no label are not built
     assert test["mAP"] == out["results"]["mAP"]
+
+
+def test_last_epochs_spread_marks_converged_runs_hand_worked():
+    from kerasmlic.reporting.results import last_epochs_spread, seed_table
+
+    assert last_epochs_spread({"val_mAP": [0.1, 0.70, 0.71, 0.704]}) == pytest.approx(0.01)
+    assert math.isnan(last_epochs_spread({"val_mAP": [0.7, 0.71]}))
+
+    def run(curve):
+        return {
+            "eval": {k: 0.5 for k in ("OP_top3", "OR_top3", "OF1_top3", "mAP", "CF1", "OF1")},
+            "history": {"epoch": list(range(len(curve))), "val_mAP": curve},
+            "config": {"train": {"learning_rate": 1e-3}},
+            "summary": {},
+        }
+
+    # Worst seed: 0.004 (converged) for bce; 0.006 for warp (not converged).
+    table = seed_table(
+        {
+            "bce": [run([0.2, 0.600, 0.603, 0.604]), run([0.3, 0.6, 0.6, 0.6])],
+            "warp": [run([0.2, 0.500, 0.506, 0.503]), run([0.3, 0.5, 0.5, 0.5])],
+        }
+    )
+    rows = {
+        name: line for line in table.splitlines() for name in ("bce", "warp") if f"`{name}`" in line
+    }
+    assert "| 0.40 ✓ |" in rows["bce"] and "| 0.60 ✗ |" in rows["warp"]

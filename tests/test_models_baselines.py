@@ -133,3 +133,29 @@ def test_sample_weight_masks_examples():
     half = float(model.compute_loss(x, y, pred, sample_weight=np.array([1, 1, 0, 0], "float32")))
     first = float(model.compute_loss(x[:2], y[:2], {k: v[:2] for k, v in pred.items()}))
     assert half == pytest.approx(first, rel=1e-5) and full != pytest.approx(half)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "avgmax"])
+def test_linear_head_pooling_reads_the_feature_map_as_documented(pooling):
+    model = build_model("bce", num_classes=3, image_size=32, encoder="tiny", pooling=pooling)
+    assert model.get_config()["pooling"] == pooling
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    feature_map = keras.ops.convert_to_numpy(model.get_layer("encoder")(images)[0])
+    expected = {
+        "avg": feature_map.mean(axis=(1, 2)),
+        "max": feature_map.max(axis=(1, 2)),
+        "avgmax": feature_map.mean(axis=(1, 2)) + feature_map.max(axis=(1, 2)),
+    }[pooling]
+    # The logits layer's input is the pooled vector (no dropout by default).
+    pooled = keras.Model(model.inputs, model.get_layer("logits").input)(images)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pooled), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_head_refuses_an_unknown_pooling():
+    with pytest.raises(UsageError, match="pooling must be one of avg, max, avgmax; got 'sum'"):
+        build_model("softmax", num_classes=3, image_size=32, encoder="tiny", pooling="sum")
+
+
+@pytest.mark.parametrize("name", ["asl", "warp", "softmax"])
+def test_every_linear_head_takes_the_pooling_option(name):
+    assert model_options(name)["pooling"] == model_options("bce")["pooling"]

@@ -24,6 +24,7 @@ from keras import layers
 from kerasmlic.models import losses
 from kerasmlic.models.base import MultiLabelModel, Thresholds, split_targets
 from kerasmlic.models.encoders import build_encoder, encoder_normalization
+from kerasmlic.models.pooling import check_pooling, pool_feature_map
 from kerasmlic.models.registry import register_model
 
 
@@ -40,6 +41,8 @@ class LinearHeadModel(MultiLabelModel):
         encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
         freeze_encoder: Freeze the encoder (train the head only).
         dropout: Dropout rate on the pooled feature.
+        pooling: How the feature map becomes one vector: ``"avg"`` (the
+            encoder's global average), ``"max"`` or ``"avgmax"`` (their sum).
         threshold: Initial per-class threshold on the scores.
         name: Model name.
         **kwargs: Passed to ``keras.Model``.
@@ -58,14 +61,17 @@ class LinearHeadModel(MultiLabelModel):
         freeze_encoder=False,
         dropout=0.0,
         threshold=0.5,
+        pooling="avgmax",
         name=None,
         **kwargs,
     ):
+        check_pooling(pooling)  # before the encoder is built
         enc = build_encoder(
             encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
         )
         images = keras.Input((image_size, image_size, 3), name="images")
-        _, pooled = enc(images)
+        feature_map, average = enc(images)
+        pooled = pool_feature_map(feature_map, average, pooling)
         x = layers.Dropout(dropout, name="dropout")(pooled) if dropout else pooled
         logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
         scores = layers.Activation(self.activation, dtype="float32", name="scores")(logits)
@@ -85,6 +91,7 @@ class LinearHeadModel(MultiLabelModel):
             freeze_encoder=freeze_encoder,
             dropout=dropout,
             threshold=threshold,
+            pooling=pooling,
         )
 
     def per_example_loss(self, multi_hot, logits):
@@ -108,6 +115,8 @@ class BCEModel(LinearHeadModel):
         encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
         freeze_encoder: Freeze the encoder.
         dropout: Dropout rate on the pooled feature.
+        pooling: How the feature map becomes one vector: ``"avg"`` (the
+            encoder's global average), ``"max"`` or ``"avgmax"`` (their sum).
         threshold: Initial per-class threshold.
         name: Model name.
         **kwargs: Passed to ``keras.Model``.
@@ -131,6 +140,8 @@ class ASLModel(LinearHeadModel):
         encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
         freeze_encoder: Freeze the encoder.
         dropout: Dropout rate on the pooled feature.
+        pooling: How the feature map becomes one vector: ``"avg"`` (the
+            encoder's global average), ``"max"`` or ``"avgmax"`` (their sum).
         threshold: Initial per-class threshold.
         gamma_neg: Focusing parameter for negatives (paper: 4).
         gamma_pos: Focusing parameter for positives (paper: 0).
@@ -151,6 +162,7 @@ class ASLModel(LinearHeadModel):
         freeze_encoder=False,
         dropout=0.0,
         threshold=0.5,
+        pooling="avgmax",
         gamma_neg=4.0,
         gamma_pos=0.0,
         clip=0.05,
@@ -165,6 +177,7 @@ class ASLModel(LinearHeadModel):
             freeze_encoder=freeze_encoder,
             dropout=dropout,
             threshold=threshold,
+            pooling=pooling,
             name=name,
             **kwargs,
         )
@@ -193,6 +206,8 @@ class WARPModel(LinearHeadModel):
         encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
         freeze_encoder: Freeze the encoder.
         dropout: Dropout rate on the pooled feature.
+        pooling: How the feature map becomes one vector: ``"avg"`` (the
+            encoder's global average), ``"max"`` or ``"avgmax"`` (their sum).
         threshold: Initial per-class threshold on ``sigmoid(logits)``.
         margin: The ranking margin.
         name: Model name.
@@ -211,6 +226,7 @@ class WARPModel(LinearHeadModel):
         freeze_encoder=False,
         dropout=0.0,
         threshold=0.5,
+        pooling="avgmax",
         margin=1.0,
         name=None,
         **kwargs,
@@ -223,6 +239,7 @@ class WARPModel(LinearHeadModel):
             freeze_encoder=freeze_encoder,
             dropout=dropout,
             threshold=threshold,
+            pooling=pooling,
             name=name,
             **kwargs,
         )
@@ -254,6 +271,8 @@ class SoftmaxModel(LinearHeadModel):
         encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
         freeze_encoder: Freeze the encoder.
         dropout: Dropout rate on the pooled feature.
+        pooling: How the feature map becomes one vector: ``"avg"`` (the
+            encoder's global average), ``"max"`` or ``"avgmax"`` (their sum).
         threshold: Per-class threshold on the softmax scores (None: derived
             from ``expected_labels``).
         expected_labels: Mean number of labels per image, for the default threshold.
@@ -274,6 +293,7 @@ class SoftmaxModel(LinearHeadModel):
         freeze_encoder=False,
         dropout=0.0,
         threshold=None,
+        pooling="avgmax",
         expected_labels=2.9,
         name=None,
         **kwargs,
@@ -288,6 +308,7 @@ class SoftmaxModel(LinearHeadModel):
             freeze_encoder=freeze_encoder,
             dropout=dropout,
             threshold=threshold,
+            pooling=pooling,
             name=name,
             **kwargs,
         )

@@ -185,6 +185,42 @@ def seed_summary(groups):
     }
 
 
+CONVERGED_SPREAD = 0.005
+"""A run has converged when its last 3 val mAPs lie within this (0.5 point)."""
+
+
+def last_epochs_spread(history, last=3):
+    """Spread (max - min) of the last ``last`` val mAPs of a run's history.
+
+    The study's convergence criterion: no best epoch is restored, so a run
+    whose final epochs still move is not converged, whatever its best epoch.
+
+    Args:
+        history: A run's history columns (``val_mAP`` per evaluated epoch).
+        last: How many final evaluations to compare.
+
+    Returns:
+        The spread in mAP units (0-1), or NaN with fewer than ``last`` evaluations.
+
+    Example:
+        >>> round(last_epochs_spread({"val_mAP": [0.5, 0.70, 0.71, 0.704]}), 3)
+        0.01
+    """
+    values = [float(v) for v in history.get("val_mAP", []) if math.isfinite(float(v))]
+    if len(values) < last:
+        return float("nan")
+    tail = values[-last:]
+    return max(tail) - min(tail)
+
+
+def _spread_text(runs):
+    spreads = [last_epochs_spread(r["history"]) for r in runs]
+    if not spreads or not all(math.isfinite(v) for v in spreads):
+        return "–"
+    worst = max(spreads)
+    return f"{100 * worst:.2f}" + (" ✓" if worst <= CONVERGED_SPREAD else " ✗")
+
+
 def _ordered(names):
     order = {name: i for i, name in enumerate(STUDY_MODELS)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
@@ -202,9 +238,9 @@ def seed_table(groups, tuning=None):
     """
     summary = seed_summary(groups)
     lines = [
-        "| model | P | R | F1 | mAP | CF1 | OF1 | seeds | learning rate | epochs | train min "
-        "| study P / R / F1 (COCO) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | P | R | F1 | mAP | CF1 | OF1 | seeds | learning rate | epochs "
+        "| last-3 spread | train min | study P / R / F1 (COCO) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in _ordered(groups):
         runs = groups[name]
@@ -219,8 +255,8 @@ def seed_table(groups, tuning=None):
         minutes = sum(_train_minutes(r) for r in runs) / len(runs)
         lines.append(
             f"| {label} (`{name}`) | {' | '.join(cells)} | {len(runs)} | "
-            f"{'–' if rate is None else f'{rate:.2g}'} | {epoch_text} | {minutes:.1f} | "
-            f"{study_text} |"
+            f"{'–' if rate is None else f'{rate:.2g}'} | {epoch_text} | {_spread_text(runs)} | "
+            f"{minutes:.1f} | {study_text} |"
         )
     return "\n".join(lines)
 
