@@ -114,6 +114,7 @@ def build_parser():
     p.add_argument("--split", action="append", help="check only this split (repeatable)")
     p.set_defaults(func=cmd_verify)
 
+    from kerasmlic.cli_data_service import add_data_service_parser
     from kerasmlic.cli_serve import add_export_parser, add_predict_parser
     from kerasmlic.cli_train import add_evaluate_parser, add_reproduce_parser, add_train_parser
     from kerasmlic.cli_tune import add_tune_parser
@@ -124,6 +125,7 @@ def build_parser():
     add_export_parser(sub)
     add_predict_parser(sub)
     add_reproduce_parser(sub)
+    add_data_service_parser(sub)
 
     p = sub.add_parser("demo", help="the main job on the built-in dataset")
     p.add_argument("--workdir", default="data", help="where datasets go (default: data/)")

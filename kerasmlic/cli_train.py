@@ -51,6 +51,13 @@ def add_train_parser(sub):
         default=None,
         help="tf.distribute strategy",
     )
+    p.add_argument(
+        "--data-service",
+        default=None,
+        metavar="grpc://HOST:PORT",
+        help="read, decode and augment the training stream on this tf.data service "
+        "dispatcher's workers (`kerasmlic data-service`; sets data.service)",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -77,6 +84,7 @@ def config_from_args(args):
             "data.batch_size": args.batch_size,
             "train.epochs": args.epochs,
             "train.strategy": args.strategy,
+            "data.service": args.data_service,
             "run_dir": args.run_dir,
         },
     )
@@ -85,8 +93,16 @@ def config_from_args(args):
 def cmd_train(args):
     """Handle ``kerasmlic train``."""
     from kerasmlic.training import train
+    from kerasmlic.training.data_service import check_reachable
 
-    train(config_from_args(args))
+    # Before TensorFlow starts and the model is built: a mistyped or dead dispatcher
+    # fails in a second, not after a minute of set-up.
+    if args.data_service:
+        check_reachable(args.data_service, what="--data-service")
+    config = config_from_args(args)
+    if config["data"]["service"] and not args.data_service:
+        check_reachable(config["data"]["service"])
+    train(config)
 
 
 def add_evaluate_parser(sub):

@@ -46,6 +46,9 @@ DEFAULTS = {
         "image_size": 64,
         "batch_size": 32,  # global batch (split over replicas under `mirrored`)
         "shuffle_buffer": None,  # records; default min(1024, split size)
+        # tf.data service dispatcher, grpc://HOST:PORT (--data-service): its workers run
+        # the training stream's reading, decoding and augmentation; None = this process.
+        "service": None,
         # Training-time augmentation inside tf.data; `augment: none` turns all of it off.
         "augment": {
             # [min, max] area of the random crop; [1, 1] = no crop. Off by default: a
@@ -98,6 +101,7 @@ DEFAULTS = {
 _NULLABLE_TYPES = {
     ("data", "dir"): (str,),
     ("data", "shuffle_buffer"): (int,),
+    ("data", "service"): (str,),
     ("train", "steps_per_epoch"): (int,),
     ("train", "fine_tune_learning_rate"): (float,),
     ("train", "warmup_fraction"): (float,),

@@ -415,10 +415,6 @@ def test_bad_input_is_one_line_and_exit_2(shards, tmp_path, capsys):
             "rejects image size 16",
         ),
         (
-            base + ["--strategy", "multiworker", "--set", "train.freeze_encoder_epochs=1"],
-            "multiworker trains in one phase",
-        ),
-        (
             base + ["--model", "seq2seq", "--set", "train.class_weighting=pos_weight"],
             "applies to the bce model only",
         ),

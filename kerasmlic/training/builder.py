@@ -73,6 +73,28 @@ def calibration_source(config):
     return source
 
 
+def phase_plan(train_cfg, model_options):
+    """Return a config's training phases, as ``train`` runs them.
+
+    Args:
+        train_cfg: The config's ``train`` section.
+        model_options: The model's settings (``config.model_settings``).
+
+    Returns:
+        ``[(first_epoch, end_epoch, encoder_trainable)]`` (0-based first,
+        exclusive end); ``encoder_trainable`` is None for a one-phase run
+        (the encoder keeps the model's own setting), else False while frozen
+        and then True (False again when the model's ``freeze_encoder`` is set).
+    """
+    epochs, frozen = train_cfg["epochs"], train_cfg["freeze_encoder_epochs"]
+    if not frozen:
+        return [(0, epochs, None)]
+    phases = [(0, min(frozen, epochs), False)]
+    if frozen < epochs:
+        phases.append((frozen, epochs, not model_options.get("freeze_encoder", False)))
+    return phases
+
+
 def train_holdout(config):
     """Return the training split's holdout: ``("rest", fraction)`` or None.
 
@@ -164,7 +186,12 @@ def train_dataset(config, model, data_dir, *, shard_policy="auto", num_workers=N
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, targets)`` batches of
-        ``data.batch_size`` (global), repeated forever.
+        ``data.batch_size`` (global), repeated forever; made by the tf.data
+        service's workers when ``data.service`` names a dispatcher.
+
+    Raises:
+        UsageError: ``data.service`` with ``train.deterministic``, a malformed
+            service address or an unreachable dispatcher.
     """
     from kerasmlic.data.pipeline import make_dataset
 
@@ -195,6 +222,20 @@ def train_dataset(config, model, data_dir, *, shard_policy="auto", num_workers=N
         options = tf.data.Options()
         options.deterministic = True
         dataset = dataset.with_options(options)
+    if data_cfg.get("service"):
+        # The tf.data service's workers run the pipeline above (seeded as here); the
+        # batches arrive in the order the workers finish them.
+        from kerasmlic.training import data_service
+
+        if train_cfg["deterministic"]:
+            raise UsageError(
+                "train.deterministic cannot hold with data.service: the service's workers "
+                "hand out batches in the order they finish them; drop one of the two"
+            )
+        # All workers of a multi-worker run read one shared job, each batch going to one.
+        shared = train_cfg["strategy"] == "multiworker"
+        job_name = data_service.shared_job_name(config) if shared else None
+        dataset = data_service.distribute(dataset, data_cfg["service"], job_name=job_name)
     return dataset
 
 

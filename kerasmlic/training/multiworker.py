@@ -24,10 +24,19 @@ losses, optimiser, metrics and run directory as ``train(config)``:
   in ``BackupAndRestore``). A worker killed mid-training and restarted with
   the same command, together with the workers that failed with it, restores
   the chief's latest checkpoint and loses only the epoch in progress;
+- ``train.freeze_encoder_epochs``: two phases as in ``train`` (encoder
+  frozen at ``learning_rate``, then fine-tuned at ``fine_tune_learning_rate``,
+  each with its own schedule); each phase compiles a fresh optimiser inside
+  ``strategy.scope()``; a checkpoint is restored under the phase that saved
+  it (the one its epoch ends in), so a restart inside phase 2 goes on with
+  phase 2's optimiser and one at the boundary starts phase 2 afresh;
+- validation is sharded: every worker predicts its share of the val split
+  (by file or by record, :mod:`kerasmlic.training.sharded_eval`), one
+  all-gather brings all shares to every worker, and the metrics are those of
+  the whole split in record order, as one process would compute them;
 - only the chief writes ``history.csv``, the best model, the evaluation and
-  ``summary.json``; validation runs on the chief alone, with plain forward
-  passes (no collective ops, so the other workers need not take part);
-- ``train.early_stopping_patience``: the chief decides after its validation
+  ``summary.json``;
+- ``train.early_stopping_patience``: the chief decides after the validation
   pass and every worker learns the decision through one all-reduce per
   epoch, so all of them leave the loop after the same epoch;
 - ``train.deterministic`` seeds every worker and turns on TensorFlow's
@@ -157,54 +166,6 @@ def _csv_value(value):
     return repr(float(value))
 
 
-def _plain_predict_fn(data_dir, split, batch_size):
-    """``predict_fn(model)`` for the evaluation callback without ``model.predict``.
-
-    ``model.predict`` under a multi-worker strategy gathers outputs across
-    workers (a collective), so the chief evaluates with plain forward passes.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from kerasmlic.data.pipeline import make_dataset, read_split_labels
-    from kerasmlic.evaluation.predict import model_image_size
-
-    labels = read_split_labels(data_dir, split)
-
-    traced = {}
-
-    def predict(model):
-        # One trace per model, reused by every evaluation epoch.
-        if traced.get("model") is not model:
-            traced.update(
-                model=model,
-                forward=tf.function(lambda x: model(x, training=False), autograph=False),
-            )
-        forward = traced["forward"]
-        ds = make_dataset(
-            data_dir,
-            split,
-            image_size=model_image_size(model),
-            batch_size=batch_size,
-            training=False,
-            normalization=model.normalization,
-            drop_remainder=False,
-            num_workers=1,
-        )
-        scores, predicted = [], []
-        for images, _ in ds:
-            out = forward(images)
-            scores.append(out["scores"].numpy())
-            predicted.append(out["predicted"].numpy())
-        return (
-            labels["multi_hot"],
-            np.concatenate(scores).astype("float32"),
-            np.concatenate(predicted).astype("float32"),
-        )
-
-    return predict
-
-
 def train_multiworker(config, *, log=print):
     """Train a resolved config with ``MultiWorkerMirroredStrategy``; return the run dir.
 
@@ -235,10 +196,6 @@ def train_multiworker(config, *, log=print):
     train_cfg, data_cfg = config["train"], config["data"]
     if train_cfg["strategy"] != "multiworker":
         raise UsageError("train_multiworker needs train.strategy=multiworker")
-    if train_cfg["freeze_encoder_epochs"]:
-        raise UsageError(
-            "--strategy multiworker trains in one phase: set train.freeze_encoder_epochs=0"
-        )
     name = config["model"]["name"]
     data_dir, manifest, train_info = trainer.check_data(config)
     trainer.check_options(config, manifest, data_dir)
@@ -274,16 +231,106 @@ def train_multiworker(config, *, log=print):
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _make_train_step(strategy, model, optimizer, metrics):
+    """A ``tf.function`` of one global step; made per phase, for its optimiser."""
+    import tensorflow as tf
+
+    from kerasmlic.models.base import split_targets
+
+    teacher_forced = getattr(model, "teacher_forced", None)
+    # Collected now: the phase fixed which variables train.
+    variables = model.trainable_variables
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            if teacher_forced is not None:
+                y_pred, _ = teacher_forced(x, y, training=True)
+            else:
+                y_pred = model(x, training=True)
+            # Already divided by the replica count: the global-batch mean once summed.
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        multi_hot, _ = split_targets(y)
+        for metric in metrics:
+            metric.update_state(multi_hot, y_pred["scores"])
+        return loss
+
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        x, y = next(iterator)
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return train_step
+
+
+def _make_statistics_sync(strategy, model):
+    """``sync()``: average BatchNorm moving statistics across workers (one collective)."""
+    import tensorflow as tf
+
+    # Chosen before a phase freezes the encoder, so its kernels are not averaged
+    # with the statistics (they are identical everywhere anyway).
+    statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+    @tf.function(autograph=False)
+    def mean_statistics():
+        def replica_fn():
+            values = [tf.identity(v.value) for v in statistics]
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+
+        return strategy.run(replica_fn)
+
+    def sync():
+        # Each worker's BatchNorm moving statistics follow its own share of the
+        # batch and Keras 3 keeps them apart (as under MirroredStrategy, see
+        # callbacks.average_replica_statistics): average them across workers so
+        # every worker evaluates and saves the same model.
+        if not statistics:
+            return
+        means = strategy.experimental_local_results(mean_statistics())[0]
+        for variable, mean in zip(statistics, means, strict=True):
+            inner = getattr(variable, "value", variable)
+            for component in getattr(inner, "values", None) or [inner]:
+                component.assign(mean)
+
+    return sync
+
+
+def _make_stop_vote(strategy):
+    """``vote(flag) -> bool``: True on every worker when any worker says stop."""
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def agree_to_stop(flag):
+        def replica_fn():
+            # tf.identity places the flag on the replica's device for the collective.
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
+
+        return strategy.run(replica_fn)
+
+    def vote(says_stop):
+        flag = tf.constant(1.0 if says_stop else 0.0)
+        return float(strategy.experimental_local_results(agree_to_stop(flag))[0]) > 0
+
+    return vote
+
+
 def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, log):
     import tensorflow as tf
 
+    from kerasmlic import config as config_lib
     from kerasmlic.data.manifest import class_names, shard_paths
     from kerasmlic.data.pipeline import workers_from_tf_config
-    from kerasmlic.models.base import split_targets
+    from kerasmlic.models.encoders import set_encoder_trainable
     from kerasmlic.training import builder, rundir, trainer
     from kerasmlic.training import callbacks as cb
     from kerasmlic.training.optim import make_optimizer
     from kerasmlic.training.rundir import RunPaths
+    from kerasmlic.training.sharded_eval import ShardedValidation
 
     start_time = time.time()
     train_cfg, data_cfg, eval_cfg = config["train"], config["data"], config["evaluation"]
@@ -305,105 +352,44 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
         config, model, data_dir, shard_policy=policy, num_workers=num_workers
     )
     iterator = iter(strategy.experimental_distribute_dataset(ds))
+    phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
+    loss = trainer.class_weighted_loss(config, train_info)
 
     with strategy.scope():
-        model.compile(
-            optimizer=make_optimizer(train_cfg, steps_per_epoch, epochs),
-            loss=trainer.class_weighted_loss(config, train_info),
-        )
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
         metrics = trainer.fit_metrics(len(names))
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # The epoch early stopping ended the run after (0: not stopped).
         stopped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="stopped_early_at")
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_var, stopped=stopped_var
-    )
     chief_ckpt_dir = os.path.join(paths.root, "backup", CHECKPOINT_FOLDER)
     ckpt_dir = chief_ckpt_dir if chief else os.path.join(work_dir, "ckpt")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
     latest = tf.train.latest_checkpoint(chief_ckpt_dir)
     if latest:
-        checkpoint.restore(latest).expect_partial()
+        # The epoch says which phase resumes; its weights and optimiser are
+        # restored once that phase's optimiser is built.
+        tf.train.Checkpoint(epoch=epoch_var, stopped=stopped_var).restore(latest).expect_partial()
     start_epoch = int(epoch_var.numpy())
     if latest:
         log(f"restored checkpoint {latest}: resuming after epoch {start_epoch}")
     if chief:
         rundir.trim_history(paths.history, start_epoch)
-    teacher_forced = getattr(model, "teacher_forced", None)
 
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            if teacher_forced is not None:
-                y_pred, _ = teacher_forced(x, y, training=True)
-            else:
-                y_pred = model(x, training=True)
-            # Already divided by the replica count: the global-batch mean once summed.
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-            scaled = optimizer.scale_loss(loss)
-        variables = model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        multi_hot, _ = split_targets(y)
-        for metric in metrics:
-            metric.update_state(multi_hot, y_pred["scores"])
-        return loss
-
-    @tf.function(autograph=False)
-    def train_step(iterator):
-        x, y = next(iterator)
-        per_replica = strategy.run(replica_step, args=(x, y))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    statistics = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-
-    @tf.function(autograph=False)
-    def mean_statistics():
-        def replica_fn():
-            values = [tf.identity(v.value) for v in statistics]
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
-
-        return strategy.run(replica_fn)
-
-    def sync_statistics():
-        # Each worker's BatchNorm moving statistics follow its own share of the
-        # batch and Keras 3 keeps them apart (as under MirroredStrategy, see
-        # callbacks.average_replica_statistics): average them across workers so
-        # every worker evaluates and saves the same model.
-        if not statistics:
-            return
-        means = strategy.experimental_local_results(mean_statistics())[0]
-        for variable, mean in zip(statistics, means, strict=True):
-            inner = getattr(variable, "value", variable)
-            for component in getattr(inner, "values", None) or [inner]:
-                component.assign(mean)
-
-    @tf.function(autograph=False)
-    def agree_to_stop(flag):
-        def replica_fn():
-            # tf.identity places the flag on the replica's device for the collective.
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
-
-        return strategy.run(replica_fn)
-
-    def stop_everywhere(chief_says_stop):
-        # Only the chief evaluates; the others learn its decision from the sum.
-        flag = tf.constant(1.0 if chief_says_stop else 0.0)
-        total = strategy.experimental_local_results(agree_to_stop(flag))[0]
-        return float(total) > 0
+    sync_statistics = _make_statistics_sync(strategy, model)
+    stop_everywhere = _make_stop_vote(strategy)
 
     @tf.function(autograph=False)
     def read_metrics():
         return {metric.name: metric.result() for metric in metrics}
 
+    # Every worker predicts its share of the val split and gets the whole
+    # split's scores back; only the chief saves the best model and logs.
+    validation = ShardedValidation(
+        strategy, data_dir, data_cfg["val_split"], batch_size=eval_cfg["batch_size"], log=log
+    )
     evaluation = cb.MultiLabelEvaluation(
-        _plain_predict_fn(data_dir, data_cfg["val_split"], eval_cfg["batch_size"]),
+        validation,
         names,
         every=eval_cfg["every"],
-        best_path=paths.best,
+        best_path=paths.best if chief else None,
         log=log,
         final_epoch=epochs,
     )
@@ -420,59 +406,106 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
         counter = cb.PatienceCounter(patience, waited)
     kill_after = os.environ.get(KILL_HOOK_ENV)
     stopped_at = int(stopped_var.numpy()) or None
-    for epoch in range(start_epoch, epochs if stopped_at is None else start_epoch):
-        epoch_start = time.time()
-        for metric in metrics:
-            metric.reset_state()
-        total = 0.0
-        for step in range(steps_per_epoch):
-            if kill_after is not None and epoch == int(kill_after) and step == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            value = float(train_step(iterator))
-            if not math.isfinite(value):
-                raise cb.TrainingDiverged(
-                    f"loss is {value} at epoch {epoch + 1} step {step + 1}; lower the "
-                    f"learning rate or check the data"
+    # The checkpoint is restored in the configuration of the phase that saved
+    # it (its trainability and optimiser: the model tracks its optimiser, so
+    # its weights cannot be restored alone under another phase's compile);
+    # a checkpoint from a phase's last epoch is then followed by the next phase.
+    saved_in = None
+    if latest:
+        saved_in = next((i for i, (a, b, _) in enumerate(phases) if a < start_epoch <= b), None)
+    for index, (first, last, trainable) in enumerate(phases):
+        trains = stopped_at is None and start_epoch < last
+        if not trains and index != saved_in:
+            continue
+        if trainable is not None:
+            set_encoder_trainable(model, trainable)
+            if trains:
+                log(
+                    f"phase {index + 1}: epochs {first + 1}-{last}, encoder "
+                    f"{'fine-tuned' if trainable else 'frozen'}"
                 )
-            total += value
-        sync_statistics()
-        logs = {"loss": total / steps_per_epoch}
-        # Read in the strategy's cross-replica context, where the metrics'
-        # on-read variables sum across all workers (a collective: every worker reads).
+        phase_cfg = dict(train_cfg)
+        if trainable and train_cfg["fine_tune_learning_rate"] is not None:
+            phase_cfg["learning_rate"] = train_cfg["fine_tune_learning_rate"]
+        # A fresh optimiser over this phase's trainable variables, with the
+        # phase's own schedule, created in the scope so its slots mirror.
         with strategy.scope():
-            logs.update({k: float(v) for k, v in read_metrics().items()})
-        logs["learning_rate"] = float(keras_lr(optimizer))
-        if chief:
-            evaluation.on_epoch_end(epoch, logs)
-            logs["epoch_seconds"] = time.time() - epoch_start
-            _write_history_row(paths.history, epoch, logs)
-        log(
-            f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} "
-            f"({logs.get('epoch_seconds', time.time() - epoch_start):.1f}s)"
-        )
-        # The row goes before the checkpoint: a kill in between leaves a row
-        # that trim_history drops on resume, never a missing one. Every worker
-        # saves (the save is collective); only the chief's copy is kept.
-        stop = False
-        if counter is not None:
-            improved = chief and evaluation.best_epoch == epoch + 1
-            stop = stop_everywhere(chief and counter.update(logs, improved))
-        if stop:
-            stopped_at = epoch + 1
-            stopped_var.assign(stopped_at)
-            log(
-                f"early stop after epoch {epoch + 1}: no val mAP gain in {patience} "
-                f"evaluation(s) (best {evaluation.best_epoch})"
+            model.compile(
+                optimizer=make_optimizer(phase_cfg, steps_per_epoch, last - first), loss=loss
             )
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        if stop:
-            break
+            optimizer = model.optimizer
+            optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=epoch_var, stopped=stopped_var
+        )
+        manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+        if index == saved_in:
+            checkpoint.restore(latest).expect_partial()
+        train_step = _make_train_step(strategy, model, optimizer, metrics)
+        end = last if trains else first  # a phase restored only to be left trains no epoch
+        for epoch in range(max(first, start_epoch), end):
+            epoch_start = time.time()
+            for metric in metrics:
+                metric.reset_state()
+            total = 0.0
+            for step in range(steps_per_epoch):
+                if kill_after is not None and epoch == int(kill_after) and step == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                value = float(train_step(iterator))
+                if not math.isfinite(value):
+                    raise cb.TrainingDiverged(
+                        f"loss is {value} at epoch {epoch + 1} step {step + 1}; lower the "
+                        f"learning rate or check the data"
+                    )
+                total += value
+            sync_statistics()
+            logs = {"loss": total / steps_per_epoch}
+            # Read in the strategy's cross-replica context, where the metrics'
+            # on-read variables sum across all workers (a collective: every worker reads).
+            with strategy.scope():
+                logs.update({k: float(v) for k, v in read_metrics().items()})
+            logs["learning_rate"] = float(keras_lr(optimizer))
+            if len(phases) > 1:
+                logs["phase"] = index + 1
+            # Every worker takes part (the validation gather is a collective).
+            validation.seconds = None
+            evaluation.on_epoch_end(epoch, logs)
+            # The sharded pass's own time (predict and gather), NaN when it did not run.
+            logs["val_seconds"] = float("nan") if validation.seconds is None else validation.seconds
+            if chief:
+                logs["epoch_seconds"] = time.time() - epoch_start
+                _write_history_row(paths.history, epoch, logs)
+            log(
+                f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f} "
+                f"({logs.get('epoch_seconds', time.time() - epoch_start):.1f}s)"
+            )
+            # The row goes before the checkpoint: a kill in between leaves a row
+            # that trim_history drops on resume, never a missing one. Every worker
+            # saves (the save is collective); only the chief's copy is kept.
+            stop = False
+            if counter is not None:
+                improved = chief and evaluation.best_epoch == epoch + 1
+                stop = stop_everywhere(chief and counter.update(logs, improved))
+            if stop:
+                stopped_at = epoch + 1
+                stopped_var.assign(stopped_at)
+                log(
+                    f"early stop after epoch {epoch + 1}: no val mAP gain in {patience} "
+                    f"evaluation(s) (best {evaluation.best_epoch})"
+                )
+            epoch_var.assign(epoch + 1)
+            manager.save(checkpoint_number=epoch + 1)
+            if stop:
+                break
+        if chief:
+            cb.save_weights_atomic(model, paths.phase_weights(index))
+            state = {"phases_done": index + 1}
+            if stopped_at is not None:
+                state["stopped_early_at"] = stopped_at
+            rundir.write_state(paths.root, state)
 
     if not chief:
         return True
-    cb.save_weights_atomic(model, paths.phase_weights(0))
-    rundir.write_state(paths.root, {"phases_done": 1})
     if not os.path.isfile(paths.best):
         cb.save_model_atomic(model, paths.best)
     _finish(config, paths, names, evaluation, start_time, log, stopped_at)

@@ -27,7 +27,9 @@ from kerasmlic.data.manifest import class_names, file_sha256, manifest_path, wri
 from kerasmlic.errors import UsageError
 
 # Config keys that may differ between a run and its resumption.
-_RESUME_FREE = (("train", "verbose"), ("run_dir",))
+# Keys a resumed run may change: they steer how it runs, not what it learns (a
+# moved tf.data service dispatcher, or none, feeds the same stream).
+_RESUME_FREE = (("train", "verbose"), ("run_dir",), ("data", "service"))
 
 
 class RunPaths:
