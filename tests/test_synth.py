@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score
 
 from kerasmlic.categories import COCO_CATEGORIES, coco_categories_json
 from kerasmlic.data import synth
+from kerasmlic.data.synth import dataset as synth_dataset
 from kerasmlic.errors import UsageError
 
 CAT_INDEX = {cid: i for i, (cid, _, _) in enumerate(COCO_CATEGORIES)}
@@ -213,7 +214,7 @@ def test_colour_histograms_predict_labels_far_above_chance(stats):
 
 
 def _square(cat, cx, size, group):
-    return synth._Instance(cat, cx, 20, size, outline=False, group=group)
+    return synth.Instance(cat, cx, 20, size, outline=False, group=group)
 
 
 def test_occluded_objects_lose_their_label():
@@ -251,7 +252,7 @@ def test_looks_are_distinct_and_survive_a_horizontal_flip():
     bg = np.zeros((48, 48, 3), np.float32)
     masks = {}
     for i in range(10):  # categories 0..9 cover the ten shapes
-        inst = synth._Instance(i, 24, 24, 36, outline=False, colour=(255, 255, 255))
+        inst = synth.Instance(i, 24, 24, 36, outline=False, colour=(255, 255, 255))
         img, _ = synth.render([inst], [(i, 0)], 48, bg)
         m = img[..., 0] > 127
         flipped = m[:, ::-1]
@@ -357,7 +358,8 @@ def test_interrupted_run_leaves_no_annotation_file(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(rng, size)
 
-    monkeypatch.setattr(synth, "generate_image", flaky)
+    # Patched where the split writer looks it up.
+    monkeypatch.setattr(synth_dataset, "generate_image", flaky)
     with pytest.raises(KeyboardInterrupt):
         synth.synthesize(tmp_path, train=6, val=2, image_size=32, progress=False)
     assert os.listdir(tmp_path / "annotations") == []
@@ -366,9 +368,9 @@ def test_interrupted_run_leaves_no_annotation_file(tmp_path, monkeypatch):
         f.write('{"images": [')
         raise OSError("disk full")
 
-    monkeypatch.setattr(synth.json, "dump", broken_dump)
+    monkeypatch.setattr(json, "dump", broken_dump)
     with pytest.raises(OSError):
-        synth._write_json_atomic(str(tmp_path / "annotations" / "x.json"), {"a": 1})
+        synth.write_compact_json_atomic(str(tmp_path / "annotations" / "x.json"), {"a": 1})
     assert os.listdir(tmp_path / "annotations") == []
 
 
