@@ -57,14 +57,19 @@ def test_config_keys_and_none_round_trip_through_load_config():
 def test_no_crop_equals_the_evaluation_resize_eagerly_and_in_tf_data():
     encoded = jpeg_bytes(gradient_image(40, 56))
     expected = preprocessing.preprocess_for_eval(encoded, 16, "raw").numpy()
+    assert expected.dtype == np.uint8
 
-    def no_crop(b):
+    def no_crop(b, dct_scaling=False):
         return preprocessing.preprocess_for_train(
-            b, 16, "raw", seed=3, scale=(1.0, 1.0), flip=False
+            b, 16, "raw", seed=3, scale=(1.0, 1.0), flip=False, dct_scaling=dct_scaling
         )
 
     np.testing.assert_array_equal(no_crop(tf.constant(encoded)).numpy(), expected)
     np.testing.assert_array_equal(in_map(no_crop, tf.constant(encoded)), expected)
+    # With DCT scaling (40 px >= 2 x 16: decoded at 1/2) the pixels differ, a little.
+    scaled = in_map(lambda b: no_crop(b, dct_scaling=True), tf.constant(encoded))
+    assert scaled.dtype == np.uint8 and not np.array_equal(scaled, expected)
+    assert np.abs(scaled.astype(int) - expected).mean() < 8
 
 
 def test_flip_off_never_mirrors_and_on_mirrors_about_half():
@@ -134,7 +139,7 @@ def test_randaugment_changes_images_but_keeps_shape_and_range_eagerly_and_in_tf_
 def test_pipeline_without_augmentation_yields_the_evaluation_images(data_dir):  # noqa: F811
     ds = pipeline.make_dataset(
         data_dir, "train", image_size=12, batch_size=4, training=True, drop_remainder=False,
-        with_ids=True, normalization="raw", augment="none",
+        with_ids=True, normalization="raw", augment="none", dct_scaling=False,
     )  # fmt: skip
     images, _, _, ids = collect(ds)
     for image, image_id in zip(images, ids, strict=True):
@@ -150,6 +155,24 @@ def test_pipeline_batch_ops_then_normalise(data_dir):  # noqa: F811
     images, hots, _, _ = collect(ds)
     assert images.shape == (12, 12, 12, 3) and hots.shape[0] == 12
     assert 0 <= images.min() and images.max() <= 1.0 + 1e-6  # normalised after erasing
+
+
+def test_pipeline_batch_ops_on_uint8_pixels_give_uint8_pixels(data_dir):  # noqa: F811
+    ds = pipeline.make_dataset(
+        data_dir, "train", image_size=12, batch_size=4, training=True,
+        augment={"crop_scale": [0.5, 1], "erasing": 0.999, "randaugment": {"num_ops": 1}}, seed=0,
+    )  # fmt: skip
+    assert ds.element_spec[0].dtype == tf.uint8
+    images = collect(ds)[0]
+    assert images.shape == (12, 12, 12, 3) and images.dtype == np.uint8
+
+
+def test_batch_augmenter_takes_uint8_and_returns_float_pixels():
+    pixels = tf.cast(_batch(4, 16), tf.uint8)
+    apply = batch_augmenter(Augmentation(erasing=1.0), seed=3)
+    for out in (apply(pixels), in_map(apply, pixels)):
+        assert out.dtype == np.float32 and 0 <= np.min(out) and np.max(out) <= 255
+        assert (np.abs(np.asarray(out) - pixels.numpy()) > 0).any()
 
 
 # ---- the train holdout --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Encoders: output contract, normalisation, weights files, SavedModel, freezing."""
+"""Encoders: output contract, in-model normalisation, weights files, SavedModel, freezing."""
 
 import os
 
@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerasmlic.data.preprocessing import normalize
 from kerasmlic.errors import UsageError
 from kerasmlic.models.encoders import (
+    PIXEL_NORMALIZATION_LAYER_NAME,
     build_encoder,
     encoder_names,
     encoder_normalization,
     get_encoder,
     set_encoder_trainable,
 )
+from kerasmlic.models.pixel_normalization import PixelNormalization
 from kerasmlic.models.registry import build_model
 
 
@@ -53,6 +56,23 @@ def test_normalizations():
     assert set(encoder_names()) == set(expected) - {"savedmodel:/any/path", "hub:/any/preset"}
     for name, normalization in expected.items():
         assert encoder_normalization(name) == normalization
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "mobilenet_v3_small", "resnet50"])
+def test_the_first_layer_normalises_pixels_as_encoder_normalization_says(name):
+    encoder = build_encoder(name, 32)
+    first = encoder.layers[1]  # after the input
+    assert isinstance(first, PixelNormalization) and first.name == PIXEL_NORMALIZATION_LAYER_NAME
+    assert first.mode == encoder_normalization(name)
+    # uint8 and float pixels give the same features: the backbone sees normalised input.
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    by_uint8 = keras.ops.convert_to_numpy(encoder(pixels)[1])
+    np.testing.assert_array_equal(by_uint8, keras.ops.convert_to_numpy(encoder(pixels * 1.0)[1]))
+    backbone = encoder.layers[2]
+    expected = keras.ops.convert_to_numpy(backbone(normalize(pixels, first.mode)))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(encoder(pixels)[0]), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_unknown_encoder_lists_valid_ones():
@@ -153,9 +173,9 @@ def _export(module, path):
 def test_savedmodel_vector_encoder(tmp_path):
     path = _export(_VectorExtractor(), str(tmp_path / "vector"))
     encoder = build_encoder(f"savedmodel:{path}", 32)
-    x = _images(3, 32)
+    x = _images(3, 32, scale=255.0)  # pixels: the encoder scales them to [0, 1]
     feature_map, pooled = encoder(x)
-    expected = x.mean(axis=(1, 2)) @ (np.arange(18, dtype=np.float32).reshape(3, 6) / 10.0)
+    expected = (x / 255.0).mean(axis=(1, 2)) @ (np.arange(18, dtype=np.float32).reshape(3, 6) / 10)
     assert feature_map.shape == (3, 1, 1, 6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pooled), expected, rtol=1e-5)
 
@@ -163,11 +183,11 @@ def test_savedmodel_vector_encoder(tmp_path):
 def test_savedmodel_map_encoder_in_a_model(tmp_path):
     path = _export(_MapExtractor(), str(tmp_path / "map"))
     encoder = build_encoder(f"savedmodel:{path}", 32)
-    x = _images(2, 32)
+    x = _images(2, 32, scale=255.0)
     feature_map, pooled = encoder(x)
     assert feature_map.shape == (2, 8, 8, 3)
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(pooled), x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6
+        keras.ops.convert_to_numpy(pooled), x.mean(axis=(1, 2)) / 255.0, rtol=1e-5, atol=1e-6
     )
     # The encoder plugs into any head, and the model survives a .keras round trip.
     model = build_model("bce", num_classes=3, image_size=32, encoder=f"savedmodel:{path}")

@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasmlic.data.preprocessing import decode_image, normalize, resize_image
+from kerasmlic.data.preprocessing import (
+    decode_image,
+    normalize,
+    preprocess_for_eval,
+    quantize_pixels,
+    resize_image,
+    to_model_input,
+)
 from kerasmlic.errors import UsageError
 from kerasmlic.export import export_saved_model
 from kerasmlic.export import saved_model as sm
@@ -61,7 +68,7 @@ def _jpeg(img):
 def _keras_outputs(model, pixels_uint8):
     """The Keras model on the serving preprocessing of decoded uint8 images."""
     x = tf.stack([resize_image(tf.constant(p), SIZE) for p in pixels_uint8])
-    out = model(normalize(x, model.normalization), training=False)
+    out = model(to_model_input(x, model.normalization), training=False)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -148,13 +155,23 @@ def test_rank_labels_hand_worked_eager_and_in_tf_data():
 def test_decode_batch_eager_and_in_tf_data():
     pixels = _images(seed=6, n=3)
     encoded = [_png(p) for p in pixels]
-    expected = np.stack([np.asarray(resize_image(tf.constant(p), SIZE)) for p in pixels])
+    resized = [resize_image(tf.constant(p), SIZE) for p in pixels]
+    expected = np.stack([quantize_pixels(r).numpy() for r in resized])
     eager = decode_batch(tf.constant(encoded), SIZE)
-    assert eager.shape == (3, SIZE, SIZE, 3) and eager.dtype == tf.float32
+    assert eager.shape == (3, SIZE, SIZE, 3) and eager.dtype == tf.uint8
     np.testing.assert_array_equal(eager.numpy(), expected)
+    # Each element is exactly what the evaluation pipeline makes of the same bytes.
+    for row, data in zip(eager.numpy(), encoded, strict=True):
+        np.testing.assert_array_equal(row, preprocess_for_eval(data, SIZE).numpy())
     ds = tf.data.Dataset.from_tensor_slices(encoded).batch(3)
     (mapped,) = list(ds.map(lambda b: decode_batch(b, SIZE)))
     np.testing.assert_array_equal(mapped.numpy(), expected)
+    # A plain Keras model naming its scaling gets float32 normalised images.
+    unit = decode_batch(tf.constant(encoded), SIZE, "unit")
+    assert unit.dtype == tf.float32
+    np.testing.assert_allclose(unit.numpy(), normalize(np.stack(resized), "unit"), atol=1e-7)
+    empty = decode_batch(tf.constant([], tf.string), SIZE)
+    assert empty.shape == (0, SIZE, SIZE, 3) and empty.dtype == tf.uint8
     with pytest.raises(
         tf.errors.InvalidArgumentError, match=r"image_bytes\[2\] is not a JPEG, PNG"
     ):
@@ -189,7 +206,9 @@ def test_layout_versions_and_assets(exports, tmp_path):
     with open(os.path.join(path, "assets", "metadata.json")) as f:
         meta = json.load(f)
     assert meta["model"] == "bce" and meta["num_classes"] == 5 and meta["image_size"] == SIZE
-    assert meta["normalization"] == exports["models"]["bce"].normalization
+    assert meta["normalization"] == exports["models"]["bce"].normalization == "raw"
+    assert meta["pixel_normalization"] == "unit"  # applied inside the model
+    assert meta["format_version"] == meta["config"]["format_version"] == 2
     assert meta["config"]["encoder"] == "tiny" and meta["version"] == 1
     assert meta["export_device"] == "no GPU visible"
     for key in ("kerasmlic_version", "tensorflow_version", "export_date", "signatures"):

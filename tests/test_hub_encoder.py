@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers_models import run_model_battery, tiny_dataset  # noqa: E402
 
-from kerasmlic.data.preprocessing import normalize, resize_image  # noqa: E402
+from kerasmlic.data.preprocessing import resize_image, to_model_input  # noqa: E402
 from kerasmlic.errors import UsageError  # noqa: E402
 from kerasmlic.export import export_saved_model  # noqa: E402
 from kerasmlic.models.encoders import (  # noqa: E402
@@ -241,6 +241,7 @@ def test_mixed_precision_keeps_normalisation_in_float32(presets):
     finally:
         keras.config.set_dtype_policy(previous)
     assert mixed.get_layer("preset_normalization").compute_dtype == "float32"
+    assert mixed.get_layer("preset_normalization").mode == "affine"
     assert mixed.get_layer("vi_t_backbone").compute_dtype == "float16"
     feature_map, pooled = mixed(pixels)
     assert feature_map.dtype == "float16" and pooled.dtype == "float16"
@@ -346,7 +347,9 @@ def test_export_and_serving_bytes(tmp_path, presets):
     encoded = tf.constant([tf.io.encode_png(i).numpy() for i in images])
     out = served.signatures["serving_default"](image_bytes=encoded)
     pixels = tf.stack([resize_image(tf.constant(i), SIZE) for i in images])
-    expected = model(normalize(pixels, model.normalization), training=False)["scores"]
+    # The graph hands the model uint8 pixels (model.normalization "raw"); it normalises.
+    assert model.normalization == "raw"
+    expected = model(to_model_input(pixels, model.normalization), training=False)["scores"]
     np.testing.assert_allclose(out["scores"].numpy(), _np(expected), atol=1e-4)
     explained = served.signatures["explain"](image_bytes=encoded)
     assert explained["heatmaps"].shape[2:] == (4, 4)

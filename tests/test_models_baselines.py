@@ -95,9 +95,12 @@ def test_label_query_default_options_build():
 
 
 def test_normalization_travels_with_the_encoder():
-    assert build_model("bce", num_classes=3, image_size=32).normalization == "unit"
+    # The pipeline gives every model raw uint8 pixels; the encoder's own first
+    # layer applies the scaling it was trained with.
+    bce = build_model("bce", num_classes=3, image_size=32)
+    assert bce.normalization == "raw" and bce.pixel_normalization == "unit"
     model = build_model("warp", num_classes=3, image_size=32, encoder="mobilenet_v3_small")
-    assert model.normalization == "raw"
+    assert model.normalization == "raw" and model.pixel_normalization == "raw"
 
 
 def test_unknown_model_lists_valid_ones():

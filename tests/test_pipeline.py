@@ -127,9 +127,46 @@ def test_eval_images_are_the_whole_image_resized_png_included(data_dir):
     for image, image_id in zip(images, ids, strict=True):
         expected = preprocessing.preprocess_for_eval(encoded_for(image_id), 16, "raw").numpy()
         np.testing.assert_allclose(image, expected, atol=1e-4)
+    assert images.dtype == np.uint8
     png = images[list(ids).index(104)]
-    exact = preprocessing.resize_image(image_for(104), 16).numpy()
-    np.testing.assert_allclose(png, exact, atol=1e-4)
+    exact = preprocessing.quantize_pixels(preprocessing.resize_image(image_for(104), 16)).numpy()
+    np.testing.assert_array_equal(png, exact)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_default_normalization_gives_uint8_pixels(data_dir, training):
+    # The default path is the one kerasmlic models take (they normalise inside).
+    ds = pipeline.make_dataset(data_dir, "val", image_size=16, batch_size=4, training=training)
+    assert ds.element_spec[0].dtype == tf.uint8
+    assert ds.element_spec[0].shape[1:] == (16, 16, 3)
+    images = collect(ds)[0]
+    assert images.dtype == np.uint8 and images.std() > 10
+    named = pipeline.make_dataset(
+        data_dir, "val", image_size=16, batch_size=4, training=False, normalization="unit"
+    )
+    assert named.element_spec[0].dtype == tf.float32
+    if not training:
+        np.testing.assert_allclose(collect(named)[0], images / 255.0, atol=0.5 / 255 + 1e-6)
+
+
+def test_training_dct_scaling_is_a_switch(data_dir):
+    # The fixture's images are 24-40 px: at 8 px every one decodes at a reduced scale.
+    common = dict(
+        image_size=8, batch_size=12, training=True, with_ids=True, seed=0,
+        augment={"crop_scale": [1, 1], "flip": False},
+    )  # fmt: skip
+    off = collect(pipeline.make_dataset(data_dir, "train", dct_scaling=False, **common))
+    on = collect(pipeline.make_dataset(data_dir, "train", **common))
+    evaluated = {
+        i: preprocessing.preprocess_for_eval(encoded_for(i), 8).numpy() for i in range(1, 13)
+    }
+    for image, image_id in zip(off[0], off[3], strict=True):
+        np.testing.assert_array_equal(image, evaluated[image_id])
+    assert any(
+        not np.array_equal(image, evaluated[image_id])
+        for image, image_id in zip(on[0], on[3], strict=True)
+        if image_id not in PNG_IDS
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,9 +181,10 @@ def test_training_shapes_dtypes_ranges_and_labels(data_dir, mode, lo, hi):
     batches = list(ds)
     assert len(batches) == 2
     images, hots, _, ids = collect(batches)
-    assert images.dtype == np.float32 and hots.dtype == np.float32
+    assert images.dtype == (np.uint8 if mode == "raw" else np.float32)
+    assert hots.dtype == np.float32
     assert lo - 1e-4 <= images.min() and images.max() <= hi + 1e-4
-    assert images.std() > 0.05 * (hi - lo)
+    assert images.astype(np.float32).std() > 0.05 * (hi - lo)
     assert len(set(ids)) == 10 and set(ids) <= set(range(1, 13))
     by_id = {i: labels for i, labels, _ in examples("train")}
     for hot, image_id in zip(hots, ids, strict=True):
@@ -165,7 +203,15 @@ def test_training_reads_every_record_including_png_and_augments(data_dir):
     eval_image = preprocessing.preprocess_for_eval(encoded_for(6), 12, "raw").numpy()
     views = [img for img, i in zip(*collect(ds)[::3], strict=True) if i == 6]
     views += [img for img, i in zip(*collect(ds)[::3], strict=True) if i == 6]
-    assert any(np.abs(v - eval_image).max() > 1 for v in views)
+    assert any(np.abs(v.astype(int) - eval_image).max() > 1 for v in views)
+
+
+def test_dct_scaling_is_skipped_where_max_side_rules_every_reduction_out():
+    assert pipeline.dct_can_reduce({"options": {"max_side": 512}}, 224)  # 512 >= 2 x 224
+    assert not pipeline.dct_can_reduce({"options": {"max_side": 512}}, 448)
+    assert not pipeline.dct_can_reduce({"options": {"max_side": 447}}, 224)
+    assert pipeline.dct_can_reduce({"options": {"max_side": None}}, 448)  # unknown sizes
+    assert pipeline.dct_can_reduce({}, 448)
 
 
 def test_repeat_runs_past_one_epoch(data_dir):

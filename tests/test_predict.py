@@ -16,7 +16,7 @@ import tensorflow as tf
 import yaml
 
 from kerasmlic.cli_serve import add_export_parser, add_predict_parser
-from kerasmlic.data.preprocessing import decode_image, normalize, resize_image
+from kerasmlic.data.preprocessing import decode_image, resize_image, to_model_input
 from kerasmlic.errors import UsageError
 from kerasmlic.export import export_run
 from kerasmlic.export.explain import explain_labels, feature_grid, label_heatmaps
@@ -159,13 +159,32 @@ def test_json_from_saved_model_matches_run_dir_and_keras(runs, exported, images,
         )
         with open(path, "rb") as f:
             pixels = resize_image(decode_image(tf.constant(f.read())), SIZE)
-        ref = model(normalize(pixels[None], model.normalization), training=False)
+        ref = model(to_model_input(pixels[None], model.normalization), training=False)
         expected = np.flatnonzero(np.asarray(ref["predicted"])[0])
         assert sorted(e["id"] for e in a["labels"]) == expected.tolist()
         assert a["labels"][0]["label"] == CLASS_NAMES[a["labels"][0]["id"]]
         np.testing.assert_allclose(
             a["top"]["score"], float(np.max(np.asarray(ref["scores"]))), atol=1e-5
         )
+
+
+def test_a_keras_file_from_before_format_versions_predicts_the_same(runs, images, capsys):
+    from test_pixel_normalization import _drop_pixel_normalization, _rewrite
+
+    # The run's model as version 1 wrote it: no format_version, no layer entry.
+    folder = runs["bce"]
+    old = os.path.join(folder, "v1.keras")
+    _rewrite(os.path.join(folder, "best.keras"), old, lambda c: c.pop("format_version"),
+             _drop_pixel_normalization)  # fmt: skip
+    try:
+        assert predict_files(old, images["good"], json_output=True) == 0
+        from_old = json.loads(capsys.readouterr().out)["predictions"]
+    finally:
+        os.remove(old)
+    assert predict_files(os.path.join(folder, "best.keras"), images["good"], json_output=True) == 0
+    current = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["labels"] for p in from_old] == [p["labels"] for p in current]
+    assert [p["top"] for p in from_old] == [p["top"] for p in current]
 
 
 def test_bad_model_dir_and_no_images(tmp_path, images, exported):
@@ -202,7 +221,7 @@ def test_grad_cam_of_a_linear_head_is_the_class_activation_map(runs, tmp_path):
     from kerasmlic.models.encoders import get_encoder
 
     model = runs["models"]["bce"]
-    images = tf.random.stateless_uniform((2, SIZE, SIZE, 3), seed=[1, 2])
+    images = tf.random.stateless_uniform((2, SIZE, SIZE, 3), seed=[1, 2], maxval=255.0)
     classes = [[0, 3, 2], [2, 1, 4]]
     _, cams, from_attention = label_heatmaps(model, images, classes)
     assert cams.shape == (2, 3, *feature_grid(model)) and not np.any(from_attention)
@@ -220,7 +239,7 @@ def test_grad_cam_of_a_linear_head_is_the_class_activation_map(runs, tmp_path):
 
 def test_attention_maps_follow_the_emitting_step(runs):
     model = runs["models"]["seq"]
-    images = tf.random.stateless_uniform((2, SIZE, SIZE, 3), seed=[3, 4])
+    images = tf.random.stateless_uniform((2, SIZE, SIZE, 3), seed=[3, 4], maxval=255.0)
     out = model(images, training=False)
     sequence, attention = np.asarray(out["sequence"]), np.asarray(out["attention"])
     h, w = feature_grid(model)

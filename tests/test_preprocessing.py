@@ -217,9 +217,9 @@ def test_flip_is_identity_or_mirror_about_half_the_time():
 
 @pytest.mark.parametrize(
     "mode, lo, hi",
-    [("unit", 0, 1), ("symmetric", -1, 1), ("raw", 0, 255), ("imagenet", -2.2, 2.7)],
+    [("unit", 0, 1), ("symmetric", -1, 1), ("imagenet", -2.2, 2.7), ("caffe", -124, 152)],
 )
-def test_train_and_eval_preprocessing_ranges(mode, lo, hi):
+def test_train_and_eval_preprocessing_ranges_with_a_named_scaling(mode, lo, hi):
     data = jpeg_bytes(gradient_image())
     train = pp.preprocess_for_train(data, 20, mode, seed=3)
     assert train.shape == (20, 20, 3) and train.dtype == tf.float32
@@ -235,3 +235,160 @@ def test_train_and_eval_preprocessing_ranges(mode, lo, hi):
         in_map(lambda b: pp.preprocess_for_train(b, 20, mode, seed=seed), data),
         pp.preprocess_for_train(data, 20, mode, seed=seed).numpy(),
     )
+
+
+@pytest.mark.parametrize("mode", pp.PIXEL_MODES)
+@pytest.mark.parametrize("crop_scale", [(1.0, 1.0), (0.25, 1.0)])
+def test_train_and_eval_give_uint8_pixels_for_models_that_normalise(mode, crop_scale):
+    data = jpeg_bytes(gradient_image(96, 128))
+    evaluated = pp.preprocess_for_eval(data, 20, mode)
+    assert evaluated.dtype == tf.uint8 and evaluated.shape == (20, 20, 3)
+    resized = pp.resize_image(pp.decode_image(data), 20).numpy()
+    np.testing.assert_array_equal(evaluated.numpy(), np.floor(resized + 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(in_map(lambda b: pp.preprocess_for_eval(b, 20, mode), data),
+                                  evaluated.numpy())  # fmt: skip
+    seed = tf.constant([5, 1])
+
+    def train(b):
+        return pp.preprocess_for_train(b, 20, mode, seed=seed, scale=crop_scale)
+
+    eager = train(tf.constant(data))
+    assert eager.dtype == tf.uint8 and eager.shape == (20, 20, 3)
+    np.testing.assert_array_equal(in_map(train, data), eager.numpy())
+    # The flip runs on the uint8 pixels: with it off the image is the resize of the
+    # same decode, mirrored or not.
+    unflipped = pp.preprocess_for_train(data, 20, mode, seed=seed, scale=crop_scale, flip=False)
+    assert np.array_equal(eager, unflipped) or np.array_equal(eager, unflipped.numpy()[:, ::-1])
+
+
+# ---- pixels and the shared affine ---------------------------------------------------------------
+
+
+def test_quantize_pixels_rounds_clips_and_keeps_uint8():
+    floats = tf.constant([[-3.0, 0.4, 0.5, 1.49, 254.5, 254.49, 300.0]])
+    expected = [[0, 0, 1, 1, 255, 254, 255]]
+    np.testing.assert_array_equal(pp.quantize_pixels(floats).numpy(), expected)
+    np.testing.assert_array_equal(in_map(pp.quantize_pixels, floats), expected)
+    assert pp.quantize_pixels(PIXELS) is PIXELS or pp.quantize_pixels(PIXELS).dtype == tf.uint8
+    pixels = tf.constant(PIXELS)
+    assert pp.quantize_pixels(pixels) is pixels
+
+
+@pytest.mark.parametrize("mode", [*pp.NORMALIZATIONS, None])
+def test_to_model_input_is_pixels_or_normalize(mode):
+    image = tf.constant(gradient_image(6, 5).astype(np.float32) + 0.25)
+    out = pp.to_model_input(image, mode)
+    if pp.emits_pixels(mode):
+        assert out.dtype == tf.uint8
+        np.testing.assert_array_equal(out.numpy(), gradient_image(6, 5))
+    else:
+        np.testing.assert_array_equal(out.numpy(), pp.normalize(image, mode).numpy())
+    np.testing.assert_array_equal(in_map(lambda x: pp.to_model_input(x, mode), image), out)
+
+
+@pytest.mark.parametrize("mode", pp.NORMALIZATIONS)
+def test_normalization_affine_is_what_normalize_computes(mode):
+    reverse, scale, offset = pp.normalization_affine(mode)
+    x = gradient_image(4, 4).astype(np.float32)
+    expected = x[..., ::-1] if reverse else x
+    expected = expected * np.float32(1 if scale is None else np.float32(scale))
+    expected = expected + np.float32(0 if offset is None else np.float32(offset))
+    np.testing.assert_allclose(pp.normalize(x, mode).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+# ---- DCT-scaled decoding (training only) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "height, width, size, ratio",
+    [
+        (480, 640, 224, 2),  # 480 >= 2 * 224, < 4 * 224
+        (447, 640, 224, 1),  # the shorter side decides
+        (640, 448, 224, 2),
+        (480, 640, 448, 1),
+        (3000, 4000, 224, 8),
+        (2000, 1000, 224, 4),
+        (1792, 1792, 224, 8),  # exactly 8x
+        (10, 10, 224, 1),
+    ],
+)
+def test_dct_ratio_is_the_largest_that_keeps_the_short_side_at_the_target(
+    height, width, size, ratio
+):
+    index = pp.dct_ratio_index(height, width, size)
+    assert pp.DCT_RATIOS[int(index)] == ratio
+    mapped = in_map(lambda h, w: pp.dct_ratio_index(h, w, size), height, width)
+    assert pp.DCT_RATIOS[int(mapped)] == ratio
+
+
+def smooth_image(height, width, seed=0):
+    """A smooth RGB image (low-frequency waves): what a DCT-scaled decode keeps well."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = [
+        127 + 100 * np.sin(2 * np.pi * (f * x + g * y) + p)
+        for f, g, p in rng.uniform([0.5, 0.5, 0], [3, 3, 6], (3, 3))
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size, ratio", [(40, 4), (64, 2), (120, 1)])
+def test_decode_for_size_reduces_a_big_jpeg_and_stays_close_to_full_decode(size, ratio):
+    data = jpeg_bytes(smooth_image(200, 300), quality=95)
+    full = pp.decode_image(data)
+    scaled = pp.decode_for_size(data, size)
+    assert scaled.dtype == tf.uint8
+    assert scaled.shape == (-(-200 // ratio), -(-300 // ratio), 3)
+    np.testing.assert_array_equal(in_map(lambda b: pp.decode_for_size(b, size), data), scaled)
+    if ratio == 1:
+        np.testing.assert_array_equal(scaled, full)  # the same decode as evaluation
+    resized_full = pp.resize_image(full, size, antialias=True).numpy()
+    resized_scaled = pp.resize_image(scaled, size, antialias=True).numpy()
+    assert np.abs(resized_scaled - resized_full).mean() < 2.0
+
+
+def test_decode_for_size_decodes_png_at_full_scale():
+    image = gradient_image(96, 128)
+    np.testing.assert_array_equal(pp.decode_for_size(png_bytes(image), 16), image)
+    np.testing.assert_array_equal(in_map(lambda b: pp.decode_for_size(b, 16), png_bytes(image)),
+                                  image)  # fmt: skip
+
+
+def test_dct_scaled_crop_is_the_window_at_reduced_scale_close_to_the_full_crop():
+    data = jpeg_bytes(smooth_image(256, 384), quality=95)
+    full = pp.decode_image(data)
+    reduced = 0
+    for s in range(6):
+        seed = tf.constant([s, 2])
+        y, x, h, w = pp.random_crop_window(tf.constant([256, 384, 3]), seed=seed).numpy()
+        crop = pp.decode_random_crop(data, seed=seed, size=32)
+        ratio = pp.DCT_RATIOS[int(pp.dct_ratio_index(h, w, 32))]
+        reduced += ratio > 1
+        assert crop.dtype == tf.uint8 and crop.shape == (h // ratio, w // ratio, 3)
+        mapped = in_map(lambda b, sd=seed: pp.decode_random_crop(b, seed=sd, size=32), data)
+        np.testing.assert_array_equal(mapped, crop)
+        # The decoded window is the sampled one rounded down to whole scaled pixels
+        # (a shift of under one of them): compare with that region at full scale.
+        y, x, h, w = (v // ratio * ratio for v in (y, x, h, w))
+        full_crop = pp.resize_image(full[y : y + h, x : x + w], 32, antialias=True).numpy()
+        scaled = pp.resize_image(crop, 32, antialias=True).numpy()
+        assert np.abs(scaled - full_crop).mean() < 2.0, (s, ratio)
+    assert reduced >= 3  # most crops of a 256-px image are >= 64 px a side
+
+
+def test_png_crop_with_a_size_is_still_the_exact_slice():
+    image = gradient_image()
+    seed = tf.constant([3, 4])
+    y, x, h, w = pp.random_crop_window(tf.constant([48, 64, 3]), seed=seed).numpy()
+    crop = pp.decode_random_crop(png_bytes(image), seed=seed, size=4).numpy()
+    np.testing.assert_array_equal(crop, image[y : y + h, x : x + w])
+
+
+def test_dct_scaling_off_decodes_at_full_scale_in_training():
+    data = jpeg_bytes(smooth_image(200, 300))
+    seed = tf.constant([1, 1])
+    whole = {"scale": (1.0, 1.0), "flip": False}
+    off = pp.preprocess_for_train(data, 40, seed=seed, dct_scaling=False, **whole)
+    np.testing.assert_array_equal(off, pp.preprocess_for_eval(data, 40))
+    on = pp.preprocess_for_train(data, 40, seed=seed, **whole)
+    assert np.abs(on.numpy().astype(int) - off.numpy()).mean() < 3.0

@@ -554,7 +554,7 @@ def test_tuned_model_exports_and_serves_without_kerasmlic(shards, tmp_path):
     import tensorflow as tf
 
     from kerasmlic.data.manifest import shard_paths
-    from kerasmlic.data.preprocessing import normalize, resize_image
+    from kerasmlic.data.preprocessing import resize_image, to_model_input
     from kerasmlic.data.schema import parse_example
     from kerasmlic.export import export_run, load_run
 
@@ -579,7 +579,7 @@ def test_tuned_model_exports_and_serves_without_kerasmlic(shards, tmp_path):
             f.write(data)
     model = load_run(out["best_run_dir"])["model"]
     pixels = tf.stack([resize_image(tf.io.decode_jpeg(d, channels=3), 32) for d in encoded])
-    expected = model.predict(normalize(pixels, model.normalization), verbose=0)["scores"]
+    expected = model.predict(to_model_input(pixels, model.normalization), verbose=0)["scores"]
 
     bin_dir = os.path.dirname(sys.executable)
     np.save(tmp_path / "in.npy", np.array(encoded, dtype=object))

@@ -6,7 +6,9 @@ per-record map of :func:`kerasmlic.data.pipeline.make_dataset`, where the crop
 can be decoded from the JPEG alone; the photometric recipes of the strongest
 multi-label models (RandAugment, random erasing, as in ASL, Query2Label and
 ML-Decoder) run on whole batches with the Keras 3 preprocessing layers, which
-draw their parameters per image and are safe inside ``tf.data``.
+draw their parameters per image and are safe inside ``tf.data``. The pipeline
+carries uint8 pixels; those layers compute on floats, so a batch is cast to
+float32 for them (and back to uint8 after) only when one of them is on.
 
 A crop that cuts an object out while keeping its label is label noise, so the
 crop's area range is a setting (``crop_scale``) with a measured default rather
@@ -114,8 +116,8 @@ def batch_augmenter(augmentation, seed=None):
         seed: Seed of the Keras layers' random generators (``None``: fresh).
 
     Returns:
-        ``f(images) -> images`` on float32 ``(B, S, S, 3)`` pixels on 0-255,
-        or ``None`` when neither op is on.
+        ``f(images) -> images``: uint8 or float ``(B, S, S, 3)`` pixels on
+        0-255 in, float32 pixels on 0-255 out; or ``None`` when neither op is on.
     """
     if not augmentation.has_batch_ops:
         return None
@@ -135,6 +137,7 @@ def batch_augmenter(augmentation, seed=None):
         stages.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0, 255), seed=seed))
 
     def apply(images):
+        images = tf.cast(images, tf.float32)
         for stage in stages:
             images = stage(images, training=True)
         return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)

@@ -1,11 +1,17 @@
 """The tf.data input pipeline: TFRecord shards to ``(images, targets)`` batches.
 
 Training mode reads the shards in parallel (``interleave``), shuffles the
-records, parses them, decodes only a random crop of each JPEG, flips it at
-random, resizes and normalises, then batches and prefetches. Evaluation mode
-reads the shards one after another in manifest order, decodes each full image
-and resizes it, so every pass yields the same images in the same order: the
-order :func:`read_split_labels` returns.
+records, parses them, decodes each JPEG (only its random crop when cropping,
+at a reduced DCT scale where the image or crop is 2, 4 or 8 times the target
+side), resizes once and flips at random, then batches and prefetches.
+Evaluation mode reads the shards one after another in manifest order, decodes
+each full image at full scale and resizes it, so every pass yields the same
+images in the same order: the order :func:`read_split_labels` returns.
+
+Images leave the pipeline as uint8 pixels for kerasmlic models
+(``normalization=None`` or ``"raw"``; the model normalises inside itself, on
+the accelerator), or as float32 normalised images for a plain Keras model that
+names its scaling (``normalization="unit"``...).
 
 Distribution: under ``strategy.distribute_datasets_from_function`` pass the
 ``input_context`` and this pipeline shards itself (by file or by record) and
@@ -125,6 +131,31 @@ def _rank_table(manifest, label_order, order_split, data_dir):
     return targets.class_ranks(label_order, label_counts=counts)
 
 
+def dct_can_reduce(info, image_size):
+    """Whether any image of a split can be decoded at a reduced DCT scale for ``image_size``.
+
+    The DCT rule (``preprocessing.dct_ratio_index``) reduces only an image (or
+    crop) whose shorter side is at least twice ``image_size``. A split built
+    with ``--max-side M`` where ``M < 2 * image_size`` has none, so its
+    training map skips the header read and the branches that choose the
+    scale, which cost about 0.1 ms per image where nothing is reduced (one
+    thread, 640-px JPEGs at 448 px, best of 15: ``decode_for_size`` 1.43 ms
+    against ``decode_image`` 1.33 ms; measured at load 7 on 2 shared cores,
+    so indicative). Where images are reduced the saving is larger (see
+    ``benchmarks/input_pipeline.py --ops``).
+
+    Args:
+        info: The split's ``dataset.json`` entry.
+        image_size: The training image side.
+
+    Returns:
+        False when the split's recorded ``max_side`` rules a reduction out,
+        else True.
+    """
+    max_side = (info.get("options") or {}).get("max_side")
+    return not (max_side and int(max_side) < 2 * image_size)
+
+
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value!r}")
@@ -153,7 +184,7 @@ def make_dataset(
     image_size,
     batch_size,
     training,
-    normalization="unit",
+    normalization=None,
     label_order=None,
     max_labels=None,
     seed=None,
@@ -170,6 +201,7 @@ def make_dataset(
     holdout=None,
     antialias=False,
     dct_method="",
+    dct_scaling=True,
 ):
     """Build the ``tf.data`` pipeline over a split's TFRecord shards.
 
@@ -184,7 +216,11 @@ def make_dataset(
             the output by record: ``shard_policy`` resolving to ``data``, more
             than one worker, no ``input_context``); else decode and resize
             whole images in a stable order.
-        normalization: One of ``preprocessing.NORMALIZATIONS``.
+        normalization: ``None`` (default) or ``"raw"``: images are uint8
+            pixels 0-255, for models that normalise inside themselves (every
+            kerasmlic model: pass ``model.normalization``, which is
+            ``"raw"``); one of ``preprocessing.NORMALIZATIONS`` else: float32
+            images scaled that way (plain Keras models).
         label_order: ``None`` for multi-hot targets only, else one of
             ``sequences.LABEL_ORDERS`` to add a label sequence.
         max_labels: Sequence length minus 2 (default
@@ -218,12 +254,16 @@ def make_dataset(
         antialias: Antialiased resizing (slower, sharper for big shrinks).
         dct_method: libjpeg IDCT for training crops (``""``, ``"INTEGER_FAST"``,
             ``"INTEGER_ACCURATE"``).
+        dct_scaling: Training only: decode a JPEG at a reduced DCT scale where
+            the image (or its crop) is at least 2, 4 or 8 times ``image_size``
+            (``preprocessing.preprocess_for_train``). Evaluation always
+            decodes at full scale, as the exported model does.
 
     Returns:
-        A ``tf.data.Dataset`` of ``(images, targets)``: images float32
-        ``(B, S, S, 3)``; targets a float32 multi-hot ``(B, C)``, or with a
-        ``label_order`` a dict ``{"multi_hot": (B, C) float32,
-        "sequence": (B, max_labels + 2) int32}``.
+        A ``tf.data.Dataset`` of ``(images, targets)``: images ``(B, S, S, 3)``,
+        uint8 or float32 (see ``normalization``); targets a float32 multi-hot
+        ``(B, C)``, or with a ``label_order`` a dict ``{"multi_hot": (B, C)
+        float32, "sequence": (B, max_labels + 2) int32}``.
 
     Raises:
         UsageError: Missing folder, split or shard files, bad arguments, or
@@ -234,14 +274,16 @@ def make_dataset(
     preprocessing.check_normalization(normalization)
     augmentation = Augmentation() if augment is None else Augmentation.from_config(augment)
     batch_ops = batch_augmenter(augmentation, seed) if training else None
-    # Batch-level ops work on 0-255 pixels, so normalisation then follows them.
-    record_normalization = "raw" if batch_ops is not None else normalization
+    # Batch-level ops work on 0-255 pixels, so records stay uint8 pixels until
+    # after them.
+    record_normalization = None if batch_ops is not None else normalization
     if label_order is not None:
         targets.check_label_order(label_order)
         max_labels = sequences.DEFAULT_MAX_LABELS if max_labels is None else max_labels
         _check_positive_int("max_labels", max_labels)
     manifest = manifest_lib.load_manifest(data_dir)
     info = manifest_lib.split_info(manifest, split, data_dir)
+    dct_scaling = dct_scaling and dct_can_reduce(info, image_size)
     files = _split_files(data_dir, split, manifest)
     num_classes = len(manifest["classes"])
     rank_table = _rank_table(manifest, label_order, order_split, data_dir)
@@ -313,6 +355,7 @@ def make_dataset(
             flip=augmentation.flip,
             antialias=antialias,
             dct_method=dct_method,
+            dct_scaling=dct_scaling,
         )
         return output(image, example, order_seed)
 
@@ -346,7 +389,7 @@ def make_dataset(
     if batch_ops is not None:
 
         def augment_batch(images, *rest):
-            images = preprocessing.normalize(batch_ops(images), normalization)
+            images = preprocessing.to_model_input(batch_ops(images), normalization)
             return (images, *rest)
 
         ds = ds.map(augment_batch, num_parallel_calls=num_parallel_calls, deterministic=keep_order)

@@ -2,8 +2,21 @@
 
 Every function here is built from TensorFlow ops only, so it runs eagerly,
 inside ``tf.data.Dataset.map`` and inside an exported SavedModel alike. The
-export code reuses :func:`decode_image`, :func:`resize_image` and
-:func:`normalize`, so training-time evaluation and serving see the same pixels.
+export code reuses :func:`preprocess_for_eval` (:func:`decode_image`,
+:func:`resize_image`, :func:`to_model_input`), so training-time evaluation and
+serving see the same pixels.
+
+What reaches a model: kerasmlic models normalise inside themselves
+(``kerasmlic.models.pixel_normalization``), so the pipeline hands them uint8
+pixels (``normalization=None`` or ``"raw"``): a quarter of the bytes of float32
+to batch and copy to the accelerator. A named scaling (``"unit"``...) gives
+float32 normalised images instead, for plain Keras models.
+
+Decoding for training (:func:`decode_for_size`, :func:`decode_random_crop`
+with a ``size``) reads a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the
+image, or the crop, is at least that many times the target side, so libjpeg
+skips most of the inverse DCT and the resize reads fewer pixels. Evaluation
+and serving always decode at full scale (one shared path).
 
 Random ops take a ``seed``: ``None`` draws a fresh one each call, a Python int
 or a shape-``[2]`` integer tensor makes the op deterministic (stateless random
@@ -16,6 +29,12 @@ from kerasmlic.errors import UsageError
 
 NORMALIZATIONS = ("unit", "symmetric", "imagenet", "caffe", "raw")
 """Pixel scalings :func:`normalize` knows (see its docstring)."""
+
+PIXEL_MODES = (None, "raw")
+"""Normalisations for which the pipeline hands over uint8 pixels (the model normalises)."""
+
+DCT_RATIOS = (1, 2, 4, 8)
+"""JPEG decoding scales libjpeg offers (``ratio`` of ``tf.io.decode_jpeg``), ascending."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,13 +49,58 @@ def check_normalization(mode):
     """Raise a clear error for an unknown normalisation name.
 
     Args:
-        mode: The name to check.
+        mode: The name to check; ``None`` (uint8 pixels, see :data:`PIXEL_MODES`)
+            is accepted too.
 
     Raises:
-        UsageError: ``mode`` is not in :data:`NORMALIZATIONS`.
+        UsageError: ``mode`` is neither None nor in :data:`NORMALIZATIONS`.
     """
-    if mode not in NORMALIZATIONS:
+    if mode is not None and mode not in NORMALIZATIONS:
         raise UsageError(f"unknown normalization {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
+
+
+def emits_pixels(normalization):
+    """Whether images for this normalisation leave the pipeline as uint8 pixels.
+
+    Args:
+        normalization: ``None`` or one of :data:`NORMALIZATIONS`.
+
+    Returns:
+        True for ``None`` and ``"raw"`` (the model normalises), else False.
+    """
+    return normalization in PIXEL_MODES
+
+
+def normalization_affine(mode):
+    """Return a named scaling as ``(reverse_channels, scale, offset)``.
+
+    Each mode is ``x -> x[..., ::-1] if reverse_channels`` then
+    ``x * scale + offset`` on float32 0-255 pixels. :func:`normalize` and the
+    models' ``PixelNormalization`` layer both compute it from here, so the two
+    agree to the bit.
+
+    Args:
+        mode: One of :data:`NORMALIZATIONS`.
+
+    Returns:
+        ``(bool, scale, offset)``; ``scale`` and ``offset`` are None (skip), a
+        float, or a tuple of three per-channel floats.
+
+    Raises:
+        UsageError: Unknown ``mode``.
+    """
+    check_normalization(mode)
+    if mode == "unit":
+        return False, 1.0 / 255.0, None
+    if mode == "symmetric":
+        return False, 1.0 / 127.5, -1.0
+    if mode == "imagenet":
+        scale = tuple(1.0 / (255.0 * s) for s in IMAGENET_STD)
+        offset = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))
+        return False, scale, offset
+    if mode == "caffe":
+        return True, None, tuple(-m for m in CAFFE_BGR_MEAN)
+    return False, None, None
 
 
 def normalize(images, mode="unit"):
@@ -59,21 +123,48 @@ def normalize(images, mode="unit"):
         A float32 tensor of the same shape.
 
     Raises:
-        UsageError: Unknown ``mode``.
+        UsageError: Unknown ``mode`` (None is ``"raw"`` here).
     """
-    check_normalization(mode)
+    reverse, scale, offset = normalization_affine("raw" if mode is None else mode)
     x = tf.cast(images, tf.float32)
-    if mode == "unit":
-        return x * (1.0 / 255.0)
-    if mode == "symmetric":
-        return x * (1.0 / 127.5) - 1.0
-    if mode == "imagenet":
-        mean = tf.constant(IMAGENET_MEAN, tf.float32)
-        inv_std = 1.0 / tf.constant(IMAGENET_STD, tf.float32)
-        return (x * (1.0 / 255.0) - mean) * inv_std
-    if mode == "caffe":
-        return x[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
+    if reverse:
+        x = x[..., ::-1]
+    if scale is not None:
+        x = x * tf.constant(scale, tf.float32)
+    if offset is not None:
+        x = x + tf.constant(offset, tf.float32)
     return x
+
+
+def quantize_pixels(image):
+    """Round float 0-255 pixels to uint8 (uint8 input is returned as is).
+
+    Args:
+        image: float tensor on 0-255 (values outside are clipped), any shape.
+
+    Returns:
+        A uint8 tensor of the same shape.
+    """
+    if image.dtype == tf.uint8:
+        return image
+    # Adding 0.5 then truncating rounds half up: one pass fewer than tf.round.
+    return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
+
+
+def to_model_input(image, normalization=None):
+    """Turn resized 0-255 pixels into what the model is fed.
+
+    Args:
+        image: float (or uint8) pixels on 0-255, ``(H, W, 3)`` or ``(B, H, W, 3)``.
+        normalization: ``None`` or ``"raw"``: uint8 pixels (the model
+            normalises inside); a named scaling: float32 :func:`normalize`.
+
+    Returns:
+        A uint8 or float32 tensor of the same shape.
+    """
+    if emits_pixels(normalization):
+        return quantize_pixels(image)
+    return normalize(image, normalization)
 
 
 def decode_image(image_bytes):
@@ -157,15 +248,100 @@ def random_crop_window(image_shape, scale=DEFAULT_SCALE, ratio=DEFAULT_RATIO, se
     return tf.cast(tf.stack([begin[0], begin[1], size[0], size[1]]), tf.int32)
 
 
+def dct_ratio_index(height, width, size):
+    """Pick the JPEG decoding scale for an image (or crop) that will be resized to ``size``.
+
+    The largest ratio ``r`` of :data:`DCT_RATIOS` with ``min(height, width) / r
+    >= size``: decoding at ``1/r`` never leaves fewer pixels than the resize
+    needs on either axis, so the resize still only shrinks.
+
+    Args:
+        height: int tensor (or int), the full-scale height.
+        width: int tensor (or int), the full-scale width.
+        size: The target side in pixels (Python int).
+
+    Returns:
+        A scalar int32 tensor, the index of ``r`` in :data:`DCT_RATIOS`
+        (0 for full scale).
+    """
+    side = tf.minimum(tf.cast(height, tf.int32), tf.cast(width, tf.int32))
+    larger = tf.constant([r * size for r in DCT_RATIOS[1:]], tf.int32)
+    # The ratios ascend, so the count of those that fit is the index of the largest.
+    return tf.reduce_sum(tf.cast(side >= larger, tf.int32))
+
+
+def _decode_jpeg_scaled(image_bytes, index, window=None, dct_method=""):
+    """Decode a JPEG (or a full-scale ``window`` of it) at ``1 / DCT_RATIOS[index]``.
+
+    ``ratio`` is a static attribute of the decode op, so each scale is its own
+    branch of a ``switch_case``; only the chosen one runs. The crop window of
+    ``decode_and_crop_jpeg`` is in the scaled image's coordinates, so it is
+    divided by the ratio (rounded down, which keeps it inside the scaled image).
+    """
+
+    def branch(ratio):
+        def decode():
+            if window is None:
+                return tf.io.decode_jpeg(
+                    image_bytes, channels=3, ratio=ratio, dct_method=dct_method
+                )
+            return tf.io.decode_and_crop_jpeg(
+                image_bytes, window // ratio, channels=3, ratio=ratio, dct_method=dct_method
+            )
+
+        return decode
+
+    image = tf.switch_case(index, [branch(r) for r in DCT_RATIOS])
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_for_size(image_bytes, size, dct_method=""):
+    """Decode a whole image for training at ``size``, a JPEG at a reduced DCT scale.
+
+    A JPEG whose shorter side is at least ``r`` times ``size`` is decoded at
+    ``1/r`` (:func:`dct_ratio_index`); other formats, and smaller JPEGs, at
+    full scale (:func:`decode_image`). Training only: evaluation and serving
+    decode at full scale, so their pixels do not depend on this choice.
+
+    Args:
+        image_bytes: Scalar ``tf.string`` of encoded image bytes.
+        size: The side the image will be resized to.
+        dct_method: libjpeg IDCT (see :func:`decode_random_crop`).
+
+    Returns:
+        uint8 tensor ``(h, w, 3)``; both sides at least ``size`` when the JPEG
+        was reduced.
+    """
+
+    # Kept because it pays where it applies. Measured on one thread (best of 9,
+    # load ~10 on the shared 2-core machine, so indicative; re-measure with
+    # `benchmarks/input_pipeline.py --ops`): on the benchmark's 640-px JPEGs whose
+    # shorter side is >= 448, the whole training map at 224 px costs 2.26 ms per
+    # image with DCT scaling (decoded at 1/2) against 2.84 ms without; where no
+    # image is reduced (448 px) the header read and branches add ~0.1 ms, which
+    # make_dataset avoids when the split's --max-side rules every reduction out.
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(image_bytes)
+        index = dct_ratio_index(shape[0], shape[1], size)
+        return _decode_jpeg_scaled(image_bytes, index, dct_method=dct_method)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: decode_image(image_bytes))
+    image.set_shape([None, None, 3])
+    return image
+
+
 def decode_random_crop(
-    image_bytes, scale=DEFAULT_SCALE, ratio=DEFAULT_RATIO, seed=None, dct_method=""
+    image_bytes, scale=DEFAULT_SCALE, ratio=DEFAULT_RATIO, seed=None, dct_method="", size=None
 ):
     """Decode a random crop of an encoded image, decoding only the crop if JPEG.
 
     For JPEG the crop box is sampled from the header (``extract_jpeg_shape``)
     and ``tf.io.decode_and_crop_jpeg`` skips decoding outside it, which is
     cheaper than decoding the whole image; other formats (PNG) are decoded in
-    full and then sliced.
+    full and then sliced. With a ``size``, a JPEG crop is also decoded at the
+    largest DCT scale that keeps its shorter side at least ``size``
+    (:func:`dct_ratio_index`).
 
     Args:
         image_bytes: Scalar ``tf.string`` of JPEG or PNG bytes.
@@ -174,15 +350,23 @@ def decode_random_crop(
         seed: ``None``, a Python int or a shape-``[2]`` int tensor.
         dct_method: libjpeg IDCT (``""`` default, ``"INTEGER_FAST"``,
             ``"INTEGER_ACCURATE"``).
+        size: The side the crop will be resized to, or None to decode at full
+            scale.
 
     Returns:
-        uint8 tensor ``(h, w, 3)``, the crop.
+        uint8 tensor ``(h, w, 3)``, the crop (``1/r`` of its full-scale size
+        when decoded at a reduced scale).
     """
     seed = _as_seed(seed)
 
     def jpeg_crop():
         window = random_crop_window(tf.io.extract_jpeg_shape(image_bytes), scale, ratio, seed)
-        return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method=dct_method)
+        if size is None:
+            return tf.io.decode_and_crop_jpeg(
+                image_bytes, window, channels=3, dct_method=dct_method
+            )
+        index = dct_ratio_index(window[2], window[3], size)
+        return _decode_jpeg_scaled(image_bytes, index, window, dct_method)
 
     def full_then_crop():
         image = decode_image(image_bytes)
@@ -202,6 +386,7 @@ def random_resized_crop(
     seed=None,
     antialias=False,
     dct_method="",
+    dct_scaling=False,
 ):
     """Decode a random crop of encoded image bytes and resize it to a square.
 
@@ -213,11 +398,15 @@ def random_resized_crop(
         seed: ``None``, a Python int or a shape-``[2]`` int tensor.
         antialias: See :func:`resize_image`.
         dct_method: See :func:`decode_random_crop`.
+        dct_scaling: Decode a JPEG crop at a reduced DCT scale where it is at
+            least 2, 4 or 8 times ``size`` (see :func:`decode_random_crop`).
 
     Returns:
         float32 tensor ``(size, size, 3)`` on 0-255.
     """
-    crop = decode_random_crop(image_bytes, scale, ratio, seed, dct_method)
+    crop = decode_random_crop(
+        image_bytes, scale, ratio, seed, dct_method, size=size if dct_scaling else None
+    )
     return resize_image(crop, size, antialias=antialias)
 
 
@@ -234,38 +423,44 @@ def random_flip_left_right(image, seed=None):
     return tf.image.stateless_random_flip_left_right(image, _as_seed(seed))
 
 
-def preprocess_for_eval(image_bytes, size, normalization="unit", antialias=False):
-    """Decode, resize the whole image and normalise (evaluation and serving).
+def preprocess_for_eval(image_bytes, size, normalization=None, antialias=False):
+    """Decode at full scale, resize the whole image (evaluation and serving).
+
+    The one path both ``make_dataset(training=False)`` and the exported
+    serving graph run, so a served score equals the evaluated one.
 
     Args:
         image_bytes: Scalar ``tf.string`` of JPEG or PNG bytes.
         size: Output side in pixels.
-        normalization: One of :data:`NORMALIZATIONS`.
+        normalization: ``None`` or ``"raw"`` for uint8 pixels (kerasmlic
+            models), else one of :data:`NORMALIZATIONS` (see :func:`to_model_input`).
         antialias: See :func:`resize_image`.
 
     Returns:
-        float32 tensor ``(size, size, 3)``.
+        ``(size, size, 3)``: uint8 pixels, or float32 normalised.
     """
-    return normalize(resize_image(decode_image(image_bytes), size, antialias), normalization)
+    return to_model_input(resize_image(decode_image(image_bytes), size, antialias), normalization)
 
 
 def preprocess_for_train(
     image_bytes,
     size,
-    normalization="unit",
+    normalization=None,
     seed=None,
     scale=DEFAULT_SCALE,
     ratio=DEFAULT_RATIO,
     flip=True,
     antialias=False,
     dct_method="",
+    dct_scaling=True,
 ):
-    """Random resized crop, random horizontal flip and normalisation.
+    """Decode (a random crop, at a reduced DCT scale where it fits), resize once, flip.
 
     Args:
         image_bytes: Scalar ``tf.string`` of JPEG or PNG bytes.
         size: Output side in pixels.
-        normalization: One of :data:`NORMALIZATIONS`.
+        normalization: ``None`` or ``"raw"`` for uint8 pixels, else one of
+            :data:`NORMALIZATIONS` (see :func:`to_model_input`).
         seed: ``None``, a Python int or a shape-``[2]`` int tensor.
         scale: ``(min, max)`` fraction of the image area kept; ``(1, 1)``
             decodes and resizes the whole image (no crop).
@@ -273,18 +468,26 @@ def preprocess_for_train(
         flip: Whether to mirror at random.
         antialias: See :func:`resize_image`.
         dct_method: See :func:`decode_random_crop`.
+        dct_scaling: Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) where
+            the image, or the crop, is at least that many times ``size``
+            (:func:`decode_for_size`, :func:`decode_random_crop`).
 
     Returns:
-        float32 tensor ``(size, size, 3)``.
+        ``(size, size, 3)``: uint8 pixels, or float32 normalised.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
     if tuple(scale) == (1.0, 1.0):
-        # No crop: the whole image, resized as in evaluation.
-        image = resize_image(decode_image(image_bytes), size, antialias=antialias)
+        # No crop: the whole image, resized once.
+        if dct_scaling:
+            image = decode_for_size(image_bytes, size, dct_method)
+        else:
+            image = decode_image(image_bytes)
     else:
-        image = random_resized_crop(
-            image_bytes, size, scale, ratio, crop_seed, antialias=antialias, dct_method=dct_method
+        image = decode_random_crop(
+            image_bytes, scale, ratio, crop_seed, dct_method, size=size if dct_scaling else None
         )
+    # Flipped after the cast to uint8, where it moves a quarter of the bytes.
+    image = to_model_input(resize_image(image, size, antialias=antialias), normalization)
     if flip:
         image = random_flip_left_right(image, flip_seed)
-    return normalize(image, normalization)
+    return image

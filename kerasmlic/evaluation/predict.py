@@ -23,8 +23,10 @@ def model_image_size(model):
 def predict_split(model, data_dir, split, *, batch_size=64, labels=None, holdout=None):
     """Run a model over a split and return its outputs beside the ground truth.
 
-    Images go through the eval-mode pipeline (whole image, resized, the
-    model's normalisation); rows follow :func:`read_split_labels`' order.
+    Images go through the eval-mode pipeline (whole image decoded at full
+    scale, resized; uint8 pixels for a kerasmlic model, which normalises them
+    itself, as the exported graph does); rows follow :func:`read_split_labels`'
+    order.
 
     Args:
         model: A kerasmlic model (outputs ``scores`` and ``predicted``).

@@ -93,7 +93,8 @@ def label_heatmaps(model, images, class_ids):
 
     Args:
         model: A kerasmlic model with an ``encoder`` layer.
-        images: Normalised float32 images ``(B, S, S, 3)``.
+        images: The model's input ``(B, S, S, 3)``: pixels on 0-255, uint8 or
+            float (the model normalises them itself).
         class_ids: int32 ``(B, L)`` class indices to explain (padding: any
             valid index; callers ignore those maps).
 
@@ -104,7 +105,8 @@ def label_heatmaps(model, images, class_ids):
     """
     grid = feature_grid(model)
     net = explain_model(model)
-    images = tf.convert_to_tensor(images, tf.float32)
+    # The model's input is float32 (it casts uint8 pixels at its input anyway).
+    images = tf.cast(images, tf.float32)
     class_ids = tf.cast(class_ids, tf.int32)
     batch, width = tf.shape(class_ids)[0], tf.shape(class_ids)[1]
     copies = tf.maximum(width, 1)  # one copy even for no label, so the outputs exist
@@ -153,7 +155,7 @@ def explain_labels(model, images, class_ids):
 
     Args:
         model: A kerasmlic model.
-        images: Normalised float32 images ``(B, S, S, 3)``.
+        images: Pixels ``(B, S, S, 3)`` on 0-255, uint8 or float.
         class_ids: A list (per image) of lists of class indices.
 
     Returns:
@@ -189,7 +191,6 @@ def make_explain_function(model, class_names):
         float32 and ``heatmap_sources`` ``(B, L)`` string (``"attention"`` /
         ``"grad-cam"``, ``""`` for padding).
     """
-    from kerasmlic.data.preprocessing import normalize
     from kerasmlic.export.serving import (
         BYTES_INPUT,
         decode_batch,
@@ -205,7 +206,7 @@ def make_explain_function(model, class_names):
     grid = feature_grid(model)
 
     def run(image_bytes):
-        images = normalize(decode_batch(image_bytes, size), normalization)
+        images = decode_batch(image_bytes, size, normalization)
         outputs = model(images, training=False)
         ranked = rank_labels(outputs["scores"], outputs["predicted"], names)
         top = tf.argmax(ranked["scores"], axis=1, output_type=tf.int32)

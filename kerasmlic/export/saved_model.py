@@ -6,8 +6,9 @@ holding numeric version folders, each a SavedModel with the signatures of
 ``serving_images`` on uint8 pixels), an ``explain`` signature returning heat
 maps per label (:mod:`kerasmlic.export.explain`), two files in ``assets/``:
 ``labels.txt`` (one class name per line, index order) and ``metadata.json``
-(model name, config, metrics at export time, normalisation, image size,
-kerasmlic version, export date), and TF Serving warm-up requests in
+(model name, config, its ``format_version``, metrics at export time,
+normalisation, image size, kerasmlic version, export date), and TF Serving
+warm-up requests in
 ``assets.extra/tf_serving_warmup_requests`` (:mod:`kerasmlic.export.warmup`).
 
 **Export with no GPU visible.** On a GPU, Keras traces ``GRU``/``LSTM`` layers
@@ -170,7 +171,13 @@ def build_metadata(model, class_names, *, metadata=None, device_note="", explain
         "config": config,
         "num_classes": len(class_names),
         "image_size": model_image_size(model),
+        # The model's saved-model contract (kerasmlic.models.base.FORMAT_VERSION);
+        # None for a plain Keras model.
+        "format_version": config.get("format_version"),
+        # What the graph applies to the resized pixels before the model ("raw":
+        # uint8 pixels), and what the model then applies itself.
         "normalization": model_normalization(model),
+        "pixel_normalization": getattr(model, "pixel_normalization", None),
         "decoding": config.get("decoding"),
         "beam_width": config.get("beam_width"),
         "metrics": None,

@@ -2,9 +2,10 @@
 
 Everything here is TensorFlow ops around the Keras model's own call, so the
 functions trace into a SavedModel that TF Serving (or plain
-``tf.saved_model.load``) runs with no kerasmlic code: decoding
-(:func:`kerasmlic.data.preprocessing.decode_image`), resizing, normalisation,
-the model's decoding loop (greedy or beam, as configured), its calibrated
+``tf.saved_model.load``) runs with no kerasmlic code: decoding and resizing
+(:func:`kerasmlic.data.preprocessing.preprocess_for_eval`, the evaluation
+pipeline's own path, to uint8 pixels), the model's normalisation (its first
+layer), its decoding loop (greedy or beam, as configured), its calibrated
 thresholds (the ``Thresholds`` layer weight) and the class names (a string
 constant) all end up in the graph.
 
@@ -21,7 +22,12 @@ Outputs of every serving function (docs/design.md → Export):
 
 import tensorflow as tf
 
-from kerasmlic.data.preprocessing import decode_image, normalize, resize_image
+from kerasmlic.data.preprocessing import (
+    emits_pixels,
+    preprocess_for_eval,
+    resize_image,
+    to_model_input,
+)
 
 BYTES_INPUT = "image_bytes"
 """Input name of the ``serving_default`` signature (docs/design.md)."""
@@ -62,10 +68,11 @@ def model_image_size(model):
 
 
 def model_normalization(model):
-    """Return the normalisation name a model expects (``"unit"`` by default).
+    """Return what the graph applies before the model (``"unit"`` by default).
 
     Args:
-        model: A kerasmlic model (``model.normalization``) or a plain Keras model.
+        model: A kerasmlic model (``model.normalization``: ``"raw"``, the
+            model normalises its uint8 pixels itself) or a plain Keras model.
 
     Returns:
         One of ``kerasmlic.data.preprocessing.NORMALIZATIONS``.
@@ -92,24 +99,27 @@ def is_image_bytes(image_bytes):
     return tf.reduce_any(tf.stack([*checks, webp]), axis=0)
 
 
-def decode_batch(image_bytes, size):
+def decode_batch(image_bytes, size, normalization="raw"):
     """Decode and resize a batch of encoded images; a bad one fails the batch, by index.
 
-    Each element goes through the same :func:`decode_image` and
-    :func:`resize_image` as evaluation (``preprocess_for_eval``), so the
-    SavedModel scores a file exactly as ``evaluate`` scores the same bytes in
-    a shard. The elements are decoded in a ``tf.data`` pipeline whose
-    ``ignore_errors`` drops an element that fails; a missing element then
-    fails the whole request (as TF Serving does for one bad image) with an
-    ``INVALID_ARGUMENT`` that names ``image_bytes[i]`` and why — a graph
-    cannot catch the decoder's own error, which does not say which element.
+    Each element goes through ``preprocess_for_eval``, the evaluation
+    pipeline's own function, so the SavedModel scores a file exactly as
+    ``evaluate`` scores the same bytes in a shard. The elements are decoded
+    in a ``tf.data`` pipeline whose ``ignore_errors`` drops an element that
+    fails; a missing element then fails the whole request (as TF Serving does
+    for one bad image) with an ``INVALID_ARGUMENT`` that names
+    ``image_bytes[i]`` and why — a graph cannot catch the decoder's own error,
+    which does not say which element.
 
     Args:
         image_bytes: ``(B,)`` ``tf.string`` of encoded images.
         size: Output side in pixels.
+        normalization: ``"raw"`` or None (uint8 pixels, for a model that
+            normalises itself), or a named scaling (float32), as
+            ``preprocess_for_eval``.
 
     Returns:
-        float32 ``(B, size, size, 3)`` on 0-255.
+        ``(B, size, size, 3)``: uint8 pixels, or float32 normalised.
 
     Raises:
         tf.errors.InvalidArgumentError: (at run time) an element is not an
@@ -120,7 +130,7 @@ def decode_batch(image_bytes, size):
     indices = tf.range(count)
 
     def one(data, index):
-        return resize_image(decode_image(data), size), index
+        return preprocess_for_eval(data, size, normalization), index
 
     decoded = (
         tf.data.Dataset.from_tensor_slices((image_bytes, indices))
@@ -128,8 +138,9 @@ def decode_batch(image_bytes, size):
         .ignore_errors()
         .batch(tf.maximum(count, 1))
     )
+    dtype = tf.uint8 if emits_pixels(normalization) else tf.float32
     nothing = tf.data.Dataset.from_tensors(
-        (tf.zeros([0, size, size, 3], tf.float32), tf.zeros([0], tf.int64))
+        (tf.zeros([0, size, size, 3], dtype), tf.zeros([0], tf.int64))
     )
     images, kept = decoded.concatenate(nothing).take(1).get_single_element()
 
@@ -220,8 +231,8 @@ def make_serving_functions(model, class_names):
     num_classes = len(class_names)
     names = tf.constant(list(class_names), tf.string)
 
-    def run_model(pixels):
-        outputs = model(normalize(pixels, normalization), training=False)
+    def run_model(images):
+        outputs = model(images, training=False)
         ranked = rank_labels(outputs["scores"], outputs["predicted"], names)
         ranked["scores"] = tf.ensure_shape(ranked["scores"], [None, num_classes])
         return ranked
@@ -234,10 +245,14 @@ def make_serving_functions(model, class_names):
         )
 
     def serve_bytes(image_bytes):
-        return when_not_empty(image_bytes, lambda b: run_model(decode_batch(b, size)))
+        return when_not_empty(
+            image_bytes, lambda b: run_model(decode_batch(b, size, normalization))
+        )
 
     def serve_images(images):
-        return when_not_empty(images, lambda x: run_model(resize_image(x, size)))
+        return when_not_empty(
+            images, lambda x: run_model(to_model_input(resize_image(x, size), normalization))
+        )
 
     return {
         BYTES_SIGNATURE: (serve_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]),

@@ -1,8 +1,9 @@
 """The base class every kerasmlic model derives from, and its output contract.
 
 A model is a functional ``keras.Model`` built in ``__init__`` (keras-hub style:
-layers, functional graph, config). It maps a normalised image batch
-``(B, S, S, 3)`` to a dict with at least:
+layers, functional graph, config). It maps a batch of pixels ``(B, S, S, 3)``
+on 0-255 (uint8, as the data pipeline gives them, or float) to a dict with at
+least:
 
 - ``scores``: ``(B, C)`` float32 in [0, 1], the per-class scores used for mAP and
   top-k (for sequence models: by default the probability that the decoder
@@ -17,12 +18,54 @@ Sequence models add ``sequence`` (decoded tokens) and, with attention,
 Each model owns its loss (``multilabel_loss``), so ``model.compile(optimizer)``
 then ``model.fit(dataset)`` trains it; targets are the pipeline's multi-hot
 tensor or its ``{"multi_hot", "sequence"}`` dict.
+
+Input contract and format version: the model normalises its pixels itself (its
+encoder's first layer, ``PixelNormalization``), and its config carries
+``format_version`` (:data:`FORMAT_VERSION`). Version 1, a ``.keras`` file
+saved before (no ``format_version``), took images the pipeline had
+normalised; its config holds only constructor arguments, so it is rebuilt
+with the current architecture, and the normalisation layer has no weights:
+its saved weights load unchanged and the model scores 0-255 pixels as the old
+one scored their normalised version. A version above :data:`FORMAT_VERSION`
+(a newer kerasmlic) is refused with a one-line ``UsageError``.
 """
 
 import keras
 from keras import ops
 
+from kerasmlic.errors import UsageError
 from kerasmlic.models.encoders import ENCODER_LAYER_NAME, encoder_spec, encoder_spec_scope
+from kerasmlic.models.pixel_normalization import find_pixel_normalization
+
+FORMAT_VERSION = 2
+"""Saved-model contract: 2 takes 0-255 pixels and normalises inside; 1 (no
+``format_version`` in the config) took images normalised by the pipeline."""
+
+PIXELS = "raw"
+"""``model.normalization`` of a model that normalises inside: the pipeline's
+``make_dataset(normalization="raw")`` gives it uint8 pixels."""
+
+
+def check_format_version(version):
+    """Refuse a saved model's format version this code cannot load.
+
+    Args:
+        version: The config's ``format_version`` (1 when absent).
+
+    Returns:
+        The version as an int.
+
+    Raises:
+        UsageError: Not a positive integer, or newer than :data:`FORMAT_VERSION`.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UsageError(f"saved model has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise UsageError(
+            f"saved model has format_version {version}, written by a newer kerasmlic; "
+            f"this one reads up to {FORMAT_VERSION}: upgrade kerasmlic to load it"
+        )
+    return version
 
 
 def split_targets(y):
@@ -111,9 +154,15 @@ class MultiLabelModel(keras.Model):
         """Return the constructor arguments (round-trips through ``from_config``).
 
         A ``hub:`` encoder's architecture is stored too (``encoder_spec``), so a
-        ``.keras`` file loads without the keras-hub preset it was built from.
+        ``.keras`` file loads without the keras-hub preset it was built from;
+        ``format_version`` is :data:`FORMAT_VERSION`.
         """
-        config = {"name": self.name, "trainable": self.trainable, **self._kerasmlic_config}
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            **self._kerasmlic_config,
+            "format_version": FORMAT_VERSION,
+        }
         try:
             spec = encoder_spec(self.get_layer(ENCODER_LAYER_NAME))
         except ValueError:  # a model without an encoder layer
@@ -131,20 +180,44 @@ class MultiLabelModel(keras.Model):
         builds the architecture, and ``.keras`` loading then restores the saved
         weights, so reloading a model needs neither a network nor the original
         weights file.
+
+        ``format_version`` is checked (:func:`check_format_version`); a
+        version-1 config (none stored) is rebuilt with the current
+        architecture, which differs only by the weightless normalisation layer
+        (module docstring).
         """
         if config.get("encoder_weights") is not None:
             config = {**config, "encoder_weights": None}
         config = dict(config)
+        check_format_version(config.pop("format_version", 1))
         spec = config.pop("encoder_spec", None)
         with encoder_spec_scope(config.get("encoder"), spec):
             return cls(**config)
 
     @property
     def normalization(self):
-        """The input normalisation name the encoder expects (see data.preprocessing)."""
+        """What the input pipeline applies for this model (``make_dataset(normalization=...)``).
+
+        ``"raw"`` (:data:`PIXELS`): the model normalises inside itself, so the
+        pipeline gives it uint8 pixels on 0-255. Only a model without a
+        ``PixelNormalization`` layer (none is built so any more) would name
+        its encoder's scaling here, for the pipeline to apply.
+        """
+        if find_pixel_normalization(self) is not None:
+            return PIXELS
         return self._kerasmlic_config.get("normalization") or getattr(
             self, "_normalization", "unit"
         )
+
+    @property
+    def pixel_normalization(self):
+        """The scaling the model applies to its pixels (``PixelNormalization.mode``).
+
+        ``"unit"``, ``"caffe"``, ``"raw"``... (``"affine"`` for a ``hub:``
+        preset's scale and offset), or None for a model without the layer.
+        """
+        layer = find_pixel_normalization(self)
+        return None if layer is None else layer.mode
 
     def multilabel_loss(self, y, y_pred, sample_weight=None):
         """Return the scalar training loss.

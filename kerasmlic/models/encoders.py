@@ -1,9 +1,12 @@
 """Image encoders with one output contract: ``images -> (feature_map, pooled)``.
 
-Every encoder is a ``keras.Model`` named ``"encoder"`` mapping normalised
-images ``(B, S, S, 3)`` to the spatial feature map ``(B, H', W', C)`` and a
-pooled vector ``(B, C)`` (global average of the map), so every head and decoder
-plugs into every encoder (the timm convention).
+Every encoder is a ``keras.Model`` named ``"encoder"`` mapping pixels
+``(B, S, S, 3)`` on 0-255 (uint8 or float) to the spatial feature map
+``(B, H', W', C)`` and a pooled vector ``(B, C)`` (global average of the map),
+so every head and decoder plugs into every encoder (the timm convention). Its
+first layer is a :class:`~kerasmlic.models.pixel_normalization.PixelNormalization`
+applying the backbone's input normalisation, so the model, not the data
+pipeline, normalises (on the accelerator, and inside the exported graph).
 
 Encoders:
 
@@ -21,17 +24,17 @@ Encoders:
   returns only a vector ``(B, C)``, the feature map is that vector as a single
   region ``(B, 1, 1, C)``; attention models then attend over one region. It
   takes images in [0, 1] (the TF-Hub image convention), so its normalisation is
-  ``"unit"``.
+  ``"unit"`` (applied by the encoder's first layer).
 - ``hub:<preset>``: any keras-hub backbone (a ``kaggle://`` or ``hf://`` handle,
   a built-in preset name, or a local folder written by
   ``Backbone.save_to_preset``); CNN feature maps and ViT-style tokens (patches
   reshaped to their grid) both become regions. The preset's own pixel
-  normalisation runs inside the encoder, so it takes 0-255 pixels (``"raw"``).
-  See :mod:`kerasmlic.models.hub_encoder`.
+  normalisation (its scale and offset) is the encoder's first layer; by name
+  its normalisation is ``"raw"``. See :mod:`kerasmlic.models.hub_encoder`.
 
-The input normalisation an encoder expects travels with it
-(:func:`encoder_normalization`): the data pipeline applies it, the export graph
-bakes it in.
+The input normalisation an encoder applies is named by
+:func:`encoder_normalization` and runs in the encoder's
+``pixel_normalization`` layer (``preset_normalization`` for ``hub:``).
 
 Freezing: ``build_encoder(..., trainable=False)`` or
 :func:`set_encoder_trainable` on a built model (train the head first, then
@@ -47,8 +50,12 @@ from keras import layers, ops
 
 from kerasmlic.errors import UsageError
 from kerasmlic.models import hub_encoder
+from kerasmlic.models.pixel_normalization import PixelNormalization
 
 ENCODER_LAYER_NAME = "encoder"
+
+PIXEL_NORMALIZATION_LAYER_NAME = "pixel_normalization"
+"""Name of the encoder's first layer, its input normalisation (not ``hub:``)."""
 
 SAVEDMODEL_PREFIX = "savedmodel:"
 HUB_PREFIX = hub_encoder.HUB_PREFIX
@@ -103,15 +110,20 @@ def _check_name(name):
 
 
 def encoder_normalization(name):
-    """Return the input normalisation an encoder expects.
+    """Return the input normalisation an encoder applies to its 0-255 pixels.
+
+    The encoder's first layer (``PixelNormalization``) applies it; the data
+    pipeline hands every encoder uint8 pixels.
 
     Args:
         name: An encoder name.
 
     Returns:
         One of ``"unit"`` ([0, 1]), ``"caffe"`` (BGR, ImageNet mean subtracted,
-        0-255) or ``"raw"`` (0-255, the backbone normalises internally, as
-        every ``hub:`` encoder does).
+        0-255) or ``"raw"`` (0-255 as they are: the backbone normalises inside,
+        as keras.applications backbones with ``include_preprocessing`` and
+        every ``hub:`` encoder, whose preset scale and offset run in its
+        ``preset_normalization`` layer, do).
 
     Raises:
         UsageError: Unknown encoder.
@@ -288,6 +300,9 @@ def _savedmodel_encoder(path, image_size, trainable):
     if not os.path.isdir(path):
         raise UsageError(f"SavedModel encoder not found: {path}")
     inputs = keras.Input((image_size, image_size, 3), name="images")
+    pixels = PixelNormalization(
+        encoder_normalization(SAVEDMODEL_PREFIX + path), name=PIXEL_NORMALIZATION_LAYER_NAME
+    )(inputs)
     try:
         tfsm = layers.TFSMLayer(
             path,
@@ -298,14 +313,18 @@ def _savedmodel_encoder(path, image_size, trainable):
         )
     except ValueError as err:
         raise UsageError(f"cannot load SavedModel encoder {path}: {err}") from err
-    raw = _pick_savedmodel_output(tfsm(inputs))
+    raw = _pick_savedmodel_output(tfsm(pixels))
     feature_map = VectorAsFeatureMap(name="as_feature_map")(raw)
     pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(feature_map)
     return keras.Model(inputs, [feature_map, pooled], name=ENCODER_LAYER_NAME)
 
 
 def build_encoder(name, image_size, *, weights=None, trainable=True, spec=None):
-    """Build an encoder ``images -> (feature_map, pooled)``.
+    """Build an encoder ``pixels (0-255) -> (feature_map, pooled)``.
+
+    The encoder's first layer normalises the pixels (``PixelNormalization``
+    with :func:`encoder_normalization`), so it takes uint8 or float pixels on
+    0-255, as the data pipeline and the serving graph give them.
 
     Args:
         name: ``tiny``, a keras.applications name (see :func:`encoder_names`),
@@ -368,7 +387,10 @@ def build_encoder(name, image_size, *, weights=None, trainable=True, spec=None):
         except (ValueError, KeyError) as err:
             raise UsageError(f"cannot load encoder weights {weights}: {err}") from err
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    feature_map = backbone(inputs)
+    pixels = PixelNormalization(encoder_normalization(name), name=PIXEL_NORMALIZATION_LAYER_NAME)(
+        inputs
+    )
+    feature_map = backbone(pixels)
     pooled = layers.GlobalAveragePooling2D(name="pool")(feature_map)
     encoder = keras.Model(inputs, [feature_map, pooled], name=ENCODER_LAYER_NAME)
     encoder.trainable = trainable

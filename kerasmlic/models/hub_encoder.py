@@ -20,12 +20,14 @@ its weights and wrapped into the package's encoder contract (see
   ``(B, 1, 1, D)``;
 - a two-tower preset (CLIP, SigLIP) contributes its ``vision_encoder``.
 
-Normalisation: the encoder takes 0-255 pixels (its input normalisation is
-``"raw"``) and applies the preset's own ``x * scale + offset`` inside the graph,
-read from the preset's ``image_converter.json`` (keras-hub ``ImageConverter``:
-scale and offset, global or per channel, or mean/std). A preset without an image
-converter (``Backbone.save_to_preset`` alone writes none) gets
-:data:`DEFAULT_SCALE` (pixels in [0, 1]), the package's default normalisation.
+Normalisation: the encoder takes 0-255 pixels (uint8 or float; its named
+normalisation is ``"raw"``) and applies the preset's own ``x * scale + offset``
+inside the graph, in its first layer (a ``PixelNormalization`` in ``"affine"``
+mode named ``preset_normalization``), read from the preset's
+``image_converter.json`` (keras-hub ``ImageConverter``: scale and offset,
+global or per channel, or mean/std). A preset without an image converter
+(``Backbone.save_to_preset`` alone writes none) gets :data:`DEFAULT_SCALE`
+(pixels in [0, 1]), the package's default normalisation.
 
 A backbone with a fixed input shape (ViT: its position embeddings fix the patch
 grid) fixes the image size: :func:`preset_image_size` returns it, and building at
@@ -53,6 +55,7 @@ import keras_hub
 from keras import layers, ops
 
 from kerasmlic.errors import UsageError
+from kerasmlic.models.pixel_normalization import AFFINE, PixelNormalization, as_channel_values
 
 HUB_PREFIX = "hub:"
 
@@ -93,53 +96,6 @@ def spec_scope(name, spec):
         yield
     finally:
         _SCOPE.specs = scoped
-
-
-def _as_channel_values(value, what):
-    """Return a float or a list of three floats (a preset's scale or offset)."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    values = [float(v) for v in value]
-    if len(values) == 1:
-        return values[0]
-    if len(values) != 3:
-        raise UsageError(f"the preset's image converter {what} must be 1 or 3 values, got {value}")
-    return values
-
-
-@keras.saving.register_keras_serializable(package="kerasmlic")
-class ChannelAffine(layers.Layer):
-    """Applies a preset's pixel normalisation ``x * scale + offset`` to 0-255 images.
-
-    Args:
-        scale: A float, three per-channel floats, or None (no scaling).
-        offset: A float, three per-channel floats, or None (no offset).
-        **kwargs: Passed to ``keras.layers.Layer``.
-    """
-
-    def __init__(self, scale=None, offset=None, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = _as_channel_values(scale, "scale")
-        self.offset = _as_channel_values(offset, "offset")
-
-    def call(self, images):
-        """Return the normalised images (float32)."""
-        x = ops.cast(images, "float32")
-        if self.scale is not None:
-            x = x * ops.convert_to_tensor(self.scale, "float32")
-        if self.offset is not None:
-            x = x + ops.convert_to_tensor(self.offset, "float32")
-        return x
-
-    def compute_output_shape(self, input_shape):
-        """Return ``input_shape`` (element-wise)."""
-        return input_shape
-
-    def get_config(self):
-        """Return the layer config."""
-        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
 
 
 @keras.saving.register_keras_serializable(package="kerasmlic")
@@ -247,8 +203,8 @@ def _load_converter_values(preset):
         # class without a converter class: the documented default.
         return DEFAULT_SCALE, None
     return (
-        _as_channel_values(converter.scale, "scale"),
-        _as_channel_values(converter.offset, "offset"),
+        as_channel_values(converter.scale, "scale"),
+        as_channel_values(converter.offset, "offset"),
     )
 
 
@@ -351,7 +307,7 @@ def _regions(backbone_output, name):
 def build_hub_encoder(
     name, image_size, *, weights=None, trainable=True, spec=None, model_name="encoder"
 ):
-    """Build an encoder ``images (0-255) -> (feature_map, pooled)`` from a keras-hub preset.
+    """Build an encoder ``pixels (0-255) -> (feature_map, pooled)`` from a keras-hub preset.
 
     Args:
         name: ``hub:<preset>``.
@@ -396,7 +352,9 @@ def build_hub_encoder(
             raise UsageError(f"cannot load encoder weights {weights}: {_first_line(err)}") from err
     inputs = keras.Input((image_size, image_size, 3), name="images")
     # float32 whatever the policy: 0-255 pixels lose precision in float16.
-    x = ChannelAffine(scale, offset, dtype="float32", name="preset_normalization")(inputs)
+    x = PixelNormalization(AFFINE, scale, offset, dtype="float32", name="preset_normalization")(
+        inputs
+    )
     if isinstance(backbone.input, dict):
         x = {"images": x}
     feature_map, pooled = _regions(_with_tokens(backbone)(x), name)

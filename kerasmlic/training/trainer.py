@@ -67,17 +67,6 @@ def fit_verbosity(setting):
     return setting
 
 
-def _phases(train_cfg, model_options):
-    """Return ``[(start_epoch, end_epoch, encoder_trainable or None)]``."""
-    epochs, frozen = train_cfg["epochs"], train_cfg["freeze_encoder_epochs"]
-    if not frozen:
-        return [(0, epochs, None)]
-    phases = [(0, min(frozen, epochs), False)]
-    if frozen < epochs:
-        phases.append((frozen, epochs, not model_options.get("freeze_encoder", False)))
-    return phases
-
-
 def find_thresholds_layers(model):
     """Return the model's ``Thresholds`` layers (where calibrated thresholds go).
 
@@ -301,7 +290,7 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
     )
     loss = class_weighted_loss(config, train_info)
     state = rundir.read_state(paths.root)
-    phases = _phases(train_cfg, options)
+    phases = builder.phase_plan(train_cfg, options)
     verbose = fit_verbosity(train_cfg["verbose"])
     for index, (first, last, trainable) in enumerate(phases):
         if index < state["phases_done"] or state.get("stopped_early_at"):
@@ -415,11 +404,20 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
 def load_model(path):
     """Load a saved kerasmlic model (custom objects registered by the registry import).
 
+    A model saved by an earlier kerasmlic (format version 1: it took images the
+    pipeline had normalised) is rebuilt with today's architecture, whose
+    normalisation layer has no weights, so it scores 0-255 pixels as it scored
+    their normalised form; ``model.normalization`` then tells the pipeline to
+    give it pixels (see ``kerasmlic.models.base``).
+
     Args:
         path: A ``.keras`` file.
 
     Returns:
         The model, not compiled.
+
+    Raises:
+        UsageError: A ``format_version`` this kerasmlic cannot read (a newer one).
     """
     import keras
 
