@@ -150,6 +150,19 @@ class MultiLabelModel(keras.Model):
     def _set_config(self, **config):
         self._kerasmlic_config = dict(config)
 
+    @property
+    def options(self):
+        """The model's constructor options, as :meth:`get_config` records them (a copy).
+
+        The public way for other modules to read a model's settings
+        (``num_classes``, ``image_size``, ``encoder``, ``max_labels``...).
+
+        Example:
+            >>> build_model("bce", num_classes=80, image_size=64).options["encoder"]
+            'tiny'
+        """
+        return dict(getattr(self, "_kerasmlic_config", None) or {})
+
     def get_config(self):
         """Return the constructor arguments (round-trips through ``from_config``).
 
