@@ -38,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORKER = (
     "import json, sys\n"
-    "from kerasmlic.training.trainer import train\n"
+    "from kerasmlic.training import train\n"
     "train(json.loads(sys.argv[1]), log=lambda *a: print(*a, flush=True))\n"
 )
 

@@ -92,8 +92,8 @@ def train_plain(args, pooling="avg"):
 
 def train_kerasmlic(args, overrides, run_dir):
     """Train kerasmlic's bce with its default recipe plus ``overrides``."""
-    from kerasmlic.config import load_config
     from kerasmlic.training import train
+    from kerasmlic.training.config import load_config
 
     config = load_config(
         os.path.join(os.path.dirname(__file__), "..", "experiments", "bce.yaml"),

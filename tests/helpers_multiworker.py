@@ -18,7 +18,7 @@ SCRIPTED_MAP_ENV = "KERASMLIC_TEST_SCRIPTED_MAP"
 WORKER_SCRIPT = r"""
 import json, os, sys
 import numpy as np
-from kerasmlic.training.trainer import train
+from kerasmlic.training import train
 config = json.loads(sys.argv[1])
 out = sys.argv[2]
 scripted = os.environ.get("KERASMLIC_TEST_SCRIPTED_MAP")

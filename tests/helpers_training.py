@@ -50,29 +50,16 @@ def tiny_shards(base_dir, *, train=64, val=32, test=0, image_size=32, seed=0):
     return shards
 
 
-def cli_module():
-    """Return the module to run as ``python -m``: ``kerasmlic`` once ``cli.py`` has ``train``."""
-    from kerasmlic import cli
-
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return "kerasmlic" if "train" in sub.choices else "kerasmlic.cli_train"
-
-
 def cli_main(argv):
     """Run a ``kerasmlic`` command in-process; return its exit code."""
-    from kerasmlic import cli
+    from kerasmlic.cli import main
 
-    if cli_module() == "kerasmlic":
-        return cli.main(argv)
-    from kerasmlic import cli_train
-
-    return cli_train.main(argv)
+    return main(argv)
 
 
 def cli_command(*args):
     """Return the argv of a ``kerasmlic`` subprocess."""
-    return [sys.executable, "-m", cli_module(), *args]
+    return [sys.executable, "-m", "kerasmlic", *args]
 
 
 def subprocess_env():

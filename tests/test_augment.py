@@ -6,10 +6,10 @@ import tensorflow as tf
 from test_pipeline import collect, data_dir, encoded_for, examples  # noqa: F401
 from test_preprocessing import gradient_image, in_map, jpeg_bytes
 
-from kerasmlic.config import load_config
 from kerasmlic.data import pipeline, preprocessing
 from kerasmlic.data.augment import Augmentation, batch_augmenter
 from kerasmlic.errors import UsageError
+from kerasmlic.training.config import load_config
 
 # ---- settings -----------------------------------------------------------------------------------
 

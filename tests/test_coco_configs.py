@@ -7,9 +7,9 @@ import re
 import keras_hub
 import pytest
 
-from kerasmlic.config import load_config, model_settings
 from kerasmlic.models.encoders import encoder_normalization
 from kerasmlic.models.registry import build_model
+from kerasmlic.training.config import load_config, model_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "experiments", "coco", "*.yaml")))

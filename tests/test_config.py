@@ -4,8 +4,8 @@ import os
 import pytest
 import yaml
 
-from kerasmlic import config as config_lib
 from kerasmlic.errors import UsageError
+from kerasmlic.training import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from helpers_training import cli_command, cli_main, run_cli, subprocess_env, tiny_shards
 
-from kerasmlic.config import default_config, load_config
 from kerasmlic.errors import UsageError
 from kerasmlic.training import data_service
+from kerasmlic.training.config import default_config, load_config
 
 START_TIMEOUT = 120  # seconds for a server process to import TensorFlow on 2 busy cores
 

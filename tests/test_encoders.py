@@ -1,4 +1,5 @@
-"""Encoders: output contract, in-model normalisation, weights files, SavedModel, freezing."""
+"""Encoders: output contract, in-model normalisation, weights files, SavedModel, freezing,
+and the ``Encoder`` object a model takes in place of a name."""
 
 import os
 
@@ -9,8 +10,11 @@ import tensorflow as tf
 
 from kerasmlic.data.preprocessing import normalize
 from kerasmlic.errors import UsageError
+from kerasmlic.models.baselines import BCEModel
 from kerasmlic.models.encoders import (
+    ENCODER_LAYER_NAME,
     PIXEL_NORMALIZATION_LAYER_NAME,
+    Encoder,
     build_encoder,
     encoder_names,
     encoder_normalization,
@@ -244,3 +248,74 @@ def test_weights_file_path_must_exist_not_downloaded(tmp_path):
     assert not os.path.exists(tmp_path / "x.weights.h5")
     with pytest.raises(UsageError):
         build_encoder("resnet50", 32, weights=str(tmp_path / "x.weights.h5"))
+
+
+# ---- the Encoder object ------------------------------------------------------------------------
+
+
+def test_encoder_object_describes_its_network():
+    encoder = Encoder.from_name("tiny", 64)
+    assert encoder.name == "tiny" and encoder.image_size == 64 and encoder.spec is None
+    assert encoder.network.name == ENCODER_LAYER_NAME
+    assert (encoder.output_dim, encoder.feature_grid) == (128, (8, 8))
+    assert encoder.normalization == encoder.pixel_normalization == "unit"
+    x = _images(2, 64, scale=255.0)
+    for a, b in zip(encoder(x), encoder.network(x), strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    encoder.trainable = False
+    assert not encoder.network.trainable and encoder.network.trainable_weights == []
+    assert "Encoder('tiny', image_size=64" in repr(encoder)
+    resnet = Encoder.from_name("resnet50", 64)
+    assert resnet.normalization == "caffe" and resnet.feature_grid == (2, 2)
+
+
+def test_encoder_object_serialises():
+    encoder = Encoder.from_name("small", 32, trainable=False)
+    serialised = keras.saving.serialize_keras_object(encoder)
+    assert serialised["registered_name"] == "kerasmlic>Encoder"
+    assert serialised["config"] == {
+        "name": "small",
+        "image_size": 32,
+        "trainable": False,
+        "spec": None,
+    }
+    rebuilt = keras.saving.deserialize_keras_object(serialised)
+    assert isinstance(rebuilt, Encoder) and rebuilt.get_config() == encoder.get_config()
+    assert rebuilt.network is not encoder.network  # a new architecture, fresh weights
+
+
+def test_a_model_takes_an_encoder_object(tmp_path):
+    keras.utils.set_random_seed(0)
+    encoder = Encoder.from_name("tiny", 32)
+    network = encoder.network
+    model = BCEModel(num_classes=3, image_size=32, encoder=encoder)
+    # The object's network (and its weights) is the model's encoder layer.
+    assert model.encoder is encoder and get_encoder(model) is network
+    config = model.get_config()
+    assert config == build_model("bce", num_classes=3, image_size=32).get_config()
+    assert config["encoder"] == "tiny" and model.normalization == "raw"
+    x = _images(2, 32, scale=255.0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("encoder")(x)[1]),
+        keras.ops.convert_to_numpy(encoder(x)[1]),
+    )
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "m.keras"), compile=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)["scores"]),
+        keras.ops.convert_to_numpy(model(x)["scores"]),
+        atol=1e-6,
+    )
+    # The model's freeze_encoder sets the object's trainable state.
+    frozen = BCEModel(num_classes=3, image_size=32, encoder=encoder, freeze_encoder=True)
+    assert not encoder.trainable and frozen.get_config()["freeze_encoder"] is True
+
+
+def test_an_encoder_object_must_fit_the_model():
+    encoder = Encoder.from_name("tiny", 32)
+    with pytest.raises(UsageError, match="built for 32 px images, the model for 64"):
+        build_model("bce", num_classes=3, image_size=64, encoder=encoder)
+    with pytest.raises(UsageError, match="carries its own weights"):
+        build_model(
+            "bce", num_classes=3, image_size=32, encoder=encoder, encoder_weights="imagenet"
+        )

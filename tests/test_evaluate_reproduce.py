@@ -34,9 +34,10 @@ def trained_run(shards, tmp_path_factory):
 
 
 def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run, shards):
+    from kerasmlic.evaluation.loading import load_model
     from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.metrics import evaluate_predictions
-    from kerasmlic.training.trainer import find_thresholds_layers, load_model
+    from kerasmlic.training.calibration import find_thresholds_layers
 
     model = load_model(os.path.join(trained_run, "best.keras"))
     (layer,) = find_thresholds_layers(model)
@@ -252,7 +253,7 @@ def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):
 
 
 def test_reproduce_rejects_unknown_models(shards, tmp_path):
-    from kerasmlic.reproduce import reproduce
+    from kerasmlic.reporting.reproduce import reproduce
 
     with pytest.raises(UsageError, match="unknown model"):
         reproduce(shards, models=["bce", "vgg_magic"], out=str(tmp_path))
@@ -264,7 +265,7 @@ def test_reproduce_rejects_unknown_models(shards, tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_three_models_two_epochs(shards, tmp_path):
-    from kerasmlic.reproduce import reproduce
+    from kerasmlic.reporting.reproduce import reproduce
 
     out = str(tmp_path / "rep3")
     models = ["warp", "bce", "seq2seq_attention"]
@@ -283,7 +284,7 @@ def test_reproduce_three_models_two_epochs(shards, tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
-    from kerasmlic.demo import run_demo
+    from kerasmlic.cli.demo import run_demo
 
     out = run_demo(workdir=str(tmp_path / "data"))
     # Well above what BCE reaches after its first epoch on the built-in data (about 0.22).

@@ -23,7 +23,9 @@ from helpers_models import run_model_battery, tiny_dataset  # noqa: E402
 from kerasmlic.data.preprocessing import resize_image, to_model_input  # noqa: E402
 from kerasmlic.errors import UsageError  # noqa: E402
 from kerasmlic.export import export_saved_model  # noqa: E402
+from kerasmlic.models.baselines import BCEModel  # noqa: E402
 from kerasmlic.models.encoders import (  # noqa: E402
+    Encoder,
     build_encoder,
     default_image_size,
     encoder_normalization,
@@ -353,3 +355,29 @@ def test_export_and_serving_bytes(tmp_path, presets):
     np.testing.assert_allclose(out["scores"].numpy(), _np(expected), atol=1e-4)
     explained = served.signatures["explain"](image_bytes=encoded)
     assert explained["heatmaps"].shape[2:] == (4, 4)
+
+
+def test_encoder_object_from_a_preset_travels_without_it(tmp_path, presets):
+    folder = tmp_path / "resnet_copy"
+    shutil.copytree(presets["resnet"][len("hub:") :], folder)
+    name = f"hub:{folder}"
+    keras.utils.set_random_seed(0)
+    encoder = Encoder.from_name(name, SIZE)
+    assert encoder.normalization == "raw" and encoder.pixel_normalization == "affine"
+    assert (encoder.output_dim, encoder.feature_grid) == (RESNET_CHANNELS, (4, 4))
+    assert encoder.spec == encoder_spec(encoder.network) is not None
+    # A notebook user's model: the Encoder object in place of a name.
+    model = BCEModel(num_classes=3, image_size=SIZE, encoder=encoder)
+    assert model.get_config()["encoder"] == name
+    assert model.get_config()["encoder_spec"] == encoder.spec
+    model.save(str(tmp_path / "model.keras"))
+    serialised = keras.saving.serialize_keras_object(encoder)
+    shutil.rmtree(folder)
+    # Both rebuild from the stored spec, without the preset.
+    rebuilt = keras.saving.deserialize_keras_object(serialised)
+    assert rebuilt.spec == encoder.spec and rebuilt.feature_grid == (4, 4)
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"), compile=False)
+    pixels = _pixels(seed=9)
+    np.testing.assert_allclose(
+        _np(loaded(pixels)["scores"]), _np(model(pixels)["scores"]), atol=1e-6
+    )

@@ -1,12 +1,19 @@
-"""The shared battery and learning test on the non-recurrent models, and the factory."""
+"""The shared battery and learning test on the non-recurrent models, the factory, and
+models composed of an encoder, a head and a loss."""
+
+import inspect
 
 import keras
 import numpy as np
 import pytest
-from helpers_models import learns_tiny_task, run_model_battery, tiny_task
+from helpers_models import learns_tiny_task, run_model_battery, tiny_dataset, tiny_task
 
 from kerasmlic.errors import UsageError
-from kerasmlic.models.registry import build_model, model_names, model_options
+from kerasmlic.models.base import ENCODER_OPTIONS, MultiLabelModel, part_options
+from kerasmlic.models.baselines import LinearHead
+from kerasmlic.models.head import Head
+from kerasmlic.models.losses import BCELoss, Loss
+from kerasmlic.models.registry import build_model, get_model_class, model_names, model_options
 
 # Small decoder settings keep label_query's battery to a few seconds.
 SMALL_LABEL_QUERY = {"hidden_dim": 32, "num_layers": 1, "num_heads": 2}
@@ -162,3 +169,80 @@ def test_linear_head_refuses_an_unknown_pooling():
 @pytest.mark.parametrize("name", ["asl", "warp", "softmax"])
 def test_every_linear_head_takes_the_pooling_option(name):
     assert model_options(name)["pooling"] == model_options("bce")["pooling"]
+
+
+# ---- models composed of parts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_is_an_encoder_a_head_and_a_loss(name):
+    cls = get_model_class(name)
+    assert issubclass(cls, MultiLabelModel)
+    assert issubclass(cls.head_cls, Head) and issubclass(cls.loss_cls, Loss)
+    # Options: the encoder's, then the keyword-only arguments of the head and the loss.
+    expected = {**ENCODER_OPTIONS, **part_options(cls.head_cls), **part_options(cls.loss_cls)}
+    assert model_options(name) == expected
+    signature = inspect.signature(cls).parameters
+    assert {k: signature[k].default for k in expected} == expected
+    # What the model needs from the input pipeline, stated on the class.
+    assert cls.supports_class_weighting is (name == "bce")
+    assert cls.uses_sequences is name.startswith(("rnn_", "seq2seq"))
+
+
+def test_a_model_keeps_its_parts():
+    model = build_model("warp", num_classes=3, image_size=32, margin=0.5, threshold=0.4)
+    assert isinstance(model.head, LinearHead) and model.head.threshold == 0.4
+    assert model.loss_fn.margin == 0.5 and model.sampling_seed is model.loss_fn.seed
+    assert model.encoder.network is model.get_layer("encoder")
+    assert model.options["margin"] == 0.5 and model.options["encoder"] == "tiny"
+
+
+class _TemperatureHead(Head):
+    """A head in a few lines: linear logits divided by a temperature (an option)."""
+
+    def __init__(self, num_classes, *, temperature=1.0, threshold=0.5):
+        super().__init__(num_classes)
+        self.temperature, self.threshold = temperature, threshold
+
+    def __call__(self, feature_map, pooled):
+        logits = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")(pooled)
+        logits = keras.layers.Rescaling(1.0 / self.temperature, dtype="float32", name="temp")(
+            logits
+        )
+        return self.scored_outputs(logits, self.threshold)
+
+
+@keras.saving.register_keras_serializable(package="kerasmlic_tests")
+class _TemperatureModel(MultiLabelModel):
+    registry_name = "temperature_test"
+    head_cls = _TemperatureHead
+    loss_cls = BCELoss
+
+
+def test_a_new_head_needs_only_its_class_and_a_model_class(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _TemperatureModel(num_classes=5, image_size=32, temperature=2.0, freeze_encoder=True)
+    assert model.name == "temperature_test" and not model.encoder.trainable
+    assert model.get_config()["temperature"] == 2.0
+    options = _TemperatureModel.option_defaults()
+    assert set(options) == {*ENCODER_OPTIONS, "temperature", "threshold"}
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(tiny_dataset(16), epochs=2, verbose=0).history["loss"]
+    assert np.isfinite(history).all() and history[-1] < history[0]
+    path = str(tmp_path / "temperature.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    x = tiny_task(3)[0]
+    np.testing.assert_allclose(_outputs(loaded, x)["scores"], _outputs(model, x)["scores"])
+
+
+def test_an_option_shared_by_head_and_loss_needs_one_default():
+    class Shared(Loss):
+        def __init__(self, *, threshold=0.7):
+            self.threshold = threshold
+
+    with pytest.raises(TypeError, match="option 'threshold' has default 0.5 in LinearHead"):
+
+        class Conflicting(MultiLabelModel):
+            head_cls = LinearHead
+            loss_cls = Shared

@@ -9,7 +9,7 @@ from helpers_models import learns_tiny_task, run_model_battery, tiny_dataset
 from kerasmlic.data.sequences import END, NUM_SPECIAL, PAD, START
 from kerasmlic.errors import UsageError
 from kerasmlic.models import sequence_losses as sl
-from kerasmlic.models.recurrent import AUX_GATE_INIT, region_pool_size
+from kerasmlic.models.recurrent import AUX_GATE_INIT, RecurrentHead, region_pool_size
 from kerasmlic.models.registry import build_model
 
 # Small enough for 2 CPU cores; max_labels matches the helper datasets (4).
@@ -253,3 +253,15 @@ def test_max_regions_pools_the_attended_map():
     assert _model("rnn_hidden").region_grid is None
     attention = model(_images(2), training=False)["attention"]
     assert attention.shape == (2, TINY["max_labels"] + 1, 4)
+
+
+def test_recurrent_models_are_the_recurrent_head_and_the_sequence_loss():
+    model = _model("seq2seq_attention", aux_loss_weight=0.2)
+    assert isinstance(model.head, RecurrentHead) and model.head.variant == "attention"
+    assert model.head.decoder is model.get_layer("decoder")
+    # aux_loss_weight is an option of both parts (the head builds the auxiliary
+    # head, the loss weighs it): one option, one default, given to both.
+    assert isinstance(model.loss_fn, sl.SequenceLoss)
+    assert model.head.aux_loss_weight == model.loss_fn.aux_loss_weight == 0.2
+    assert model.options["aux_loss_weight"] == 0.2
+    assert model.uses_sequences and model.max_labels == TINY["max_labels"]

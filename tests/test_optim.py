@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from kerasmlic.config import default_config
+from kerasmlic.training.config import default_config
 from kerasmlic.training.optim import make_optimizer
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from kerasmlic.data import preprocessing as pp
 from kerasmlic.errors import UsageError
+from kerasmlic.evaluation.loading import load_model
 from kerasmlic.models.base import FORMAT_VERSION, PIXELS, check_format_version
 from kerasmlic.models.encoders import PIXEL_NORMALIZATION_LAYER_NAME, get_encoder
 from kerasmlic.models.pixel_normalization import (
@@ -20,7 +21,6 @@ from kerasmlic.models.pixel_normalization import (
     find_pixel_normalization,
 )
 from kerasmlic.models.registry import build_model
-from kerasmlic.training.trainer import load_model
 
 
 def pixels(batch=2, size=8, seed=0):

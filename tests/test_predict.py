@@ -1,7 +1,7 @@
 """kerasmlic predict / export from a run directory, and the explanation maps.
 
 Run directories are laid out as ``kerasmlic train`` writes them
-(kerasmlic.training.rundir) with tiny untrained models, so these tests do not
+(kerasmlic.evaluation.rundir) with tiny untrained models, so these tests do not
 train.
 """
 
@@ -15,14 +15,14 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from kerasmlic.cli_serve import add_export_parser, add_predict_parser
+from kerasmlic.cli.serve import add_export_parser, add_predict_parser
 from kerasmlic.data.preprocessing import decode_image, resize_image, to_model_input
 from kerasmlic.errors import UsageError
 from kerasmlic.export import export_run
 from kerasmlic.export.explain import explain_labels, feature_grid, label_heatmaps
+from kerasmlic.export.predict import predict_files
 from kerasmlic.models.base import Thresholds
 from kerasmlic.models.registry import build_model
-from kerasmlic.predict import predict_files
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]
 SIZE = 32

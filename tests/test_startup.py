@@ -41,8 +41,8 @@ def test_known_startup_lines_are_dropped_and_the_rest_kept():
 SCRIPT = r"""
 import os, sys, warnings
 os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-from kerasmlic import cli
-cli._quiet_tensorflow()
+from kerasmlic.cli.app import quiet_tensorflow
+quiet_tensorflow()
 print("before import", file=sys.stderr, flush=True)
 import keras  # imports tensorflow through the hook
 import tensorflow as tf

@@ -142,8 +142,8 @@ def test_ema_weights_swaps_in_the_average_and_restores():
 
 
 def test_train_writes_the_run_dir(shards, tmp_path):
+    from kerasmlic.evaluation.loading import load_model
     from kerasmlic.training import train
-    from kerasmlic.training.trainer import load_model
 
     run_dir = tmp_path / "run"
     lines = []
@@ -354,7 +354,7 @@ total = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None))
 print("LOSS", full, total)
 assert abs(total - full) < 1e-4 * abs(full), (total, full)
 
-from kerasmlic.cli_train import main
+from kerasmlic.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -430,7 +430,7 @@ def test_bad_input_is_one_line_and_exit_2(shards, tmp_path, capsys):
 
 def test_resuming_with_another_config_is_refused(shards, tmp_path):
     from kerasmlic.data.manifest import load_manifest
-    from kerasmlic.training.trainer import resolve
+    from kerasmlic.training.builder import resolve
 
     run_dir = tmp_path / "started"
     first = resolve(tiny_config(shards, run_dir))
@@ -508,8 +508,8 @@ def test_early_stopping_ends_the_run_after_patience_evaluations(shards, tmp_path
 
 
 def test_deterministic_runs_repeat_history_and_weights(shards, tmp_path):
+    from kerasmlic.evaluation.loading import load_model
     from kerasmlic.training import train
-    from kerasmlic.training.trainer import load_model
 
     runs = []
     for name in ("a", "b"):
@@ -529,10 +529,11 @@ def test_deterministic_runs_repeat_history_and_weights(shards, tmp_path):
 
 def test_calibration_on_the_train_holdout_never_touches_val(shards, tmp_path):
     from kerasmlic.data.pipeline import read_split_ids
+    from kerasmlic.evaluation.loading import load_model
     from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.metrics import calibrate_thresholds
     from kerasmlic.training import builder, train
-    from kerasmlic.training.trainer import find_thresholds_layers, load_model
+    from kerasmlic.training.calibration import find_thresholds_layers
 
     run_dir = tmp_path / "cal"
     config = tiny_config(
@@ -545,7 +546,7 @@ def test_calibration_on_the_train_holdout_never_touches_val(shards, tmp_path):
     assert len(held) + len(rest) == 64 and 8 <= len(held) <= 28
     assert any(f"training on {len(rest)} of 64 train images" in line for line in lines)
     # The training stream reads the rest only.
-    from kerasmlic.training.trainer import resolve
+    from kerasmlic.training.builder import resolve
 
     resolved = resolve(config)
     assert builder.train_holdout(resolved) == ("rest", 0.25)
@@ -578,7 +579,7 @@ def test_train_stream_holds_out_the_fraction(shards):
     from kerasmlic.data.pipeline import read_split_ids
     from kerasmlic.models.registry import build_model
     from kerasmlic.training import builder
-    from kerasmlic.training.trainer import resolve
+    from kerasmlic.training.builder import resolve
 
     config = resolve(tiny_config(shards, "unused", evaluation__calibrate=True))
     config["data"]["batch_size"] = 4

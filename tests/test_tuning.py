@@ -46,7 +46,7 @@ def _config(space, **tune):
 
 
 def _base(**changes):
-    from kerasmlic import config as config_lib
+    from kerasmlic.training import config as config_lib
 
     config = config_lib.default_config()
     for key, value in BASE.items():
@@ -300,10 +300,10 @@ def _random_map(y_true, seeds=50):
 def test_hyperband_search_leaderboard_best_config_and_run_dir(shards, tmp_path):
     from sklearn.metrics import average_precision_score
 
-    from kerasmlic.config import load_config
     from kerasmlic.evaluation.predict import predict_split
     from kerasmlic.export.run import load_run
     from kerasmlic.metrics import evaluate_predictions
+    from kerasmlic.training.config import load_config
 
     space = {
         "model.name": {"choice": ["bce", "asl"]},
@@ -463,7 +463,7 @@ def test_distributed_chief_and_two_workers_share_the_trials(shards, tmp_path):
         distributed.ENV_ORACLE_IP: "127.0.0.1",
         distributed.ENV_ORACLE_PORT: port,
     }
-    command = [sys.executable, "-m", "kerasmlic.cli_tune", config_path, "--data", shards,
+    command = [sys.executable, "-m", "kerasmlic.cli.tune", config_path, "--data", shards,
                "--directory", directory, "--project-name", "dist"]  # fmt: skip
     procs, logs = {}, {}
     try:
@@ -515,7 +515,7 @@ def test_distributed_chief_and_two_workers_share_the_trials(shards, tmp_path):
 
 
 def test_cli_tune_usage_errors_exit_2_with_one_line(shards, tmp_path, capsys):
-    from kerasmlic import cli_tune
+    from kerasmlic.cli import tune as cli_tune
 
     bad = os.path.join(tmp_path, "bad.yaml")
     with open(bad, "w") as f:

@@ -90,7 +90,7 @@ def thresholds_source(run_dir):
     """
     import json
 
-    from kerasmlic.training.rundir import RunPaths
+    from kerasmlic.evaluation.rundir import RunPaths
 
     path = RunPaths(run_dir).summary
     if not os.path.isfile(path):
@@ -119,8 +119,8 @@ def evaluate_run(run_dir, data_dir=None, split="val", json_path=None, *, batch_s
         UsageError: Missing run dir, model or data folder; a missing split;
             shards whose class list differs from the model's.
     """
-    from kerasmlic.training.rundir import RunPaths, check_same_classes, read_dataset_reference
-    from kerasmlic.training.trainer import load_model
+    from kerasmlic.evaluation.loading import load_model
+    from kerasmlic.evaluation.rundir import RunPaths, check_same_classes, read_dataset_reference
 
     if not os.path.isdir(run_dir):
         raise UsageError(f"run dir {run_dir!r} does not exist")

@@ -14,7 +14,7 @@ def model_image_size(model):
     Returns:
         The side in pixels.
     """
-    config = getattr(model, "_kerasmlic_config", None) or {}
+    config = getattr(model, "options", None) or {}
     if config.get("image_size"):
         return int(config["image_size"])
     return int(model.inputs[0].shape[1])
@@ -53,7 +53,7 @@ def predict_split(model, data_dir, split, *, batch_size=64, labels=None, holdout
 
     if labels is None:
         labels = read_split_labels(data_dir, split, holdout)
-    num_classes = (getattr(model, "_kerasmlic_config", None) or {}).get("num_classes")
+    num_classes = (getattr(model, "options", None) or {}).get("num_classes")
     if num_classes is not None and labels["multi_hot"].shape[1] != num_classes:
         raise UsageError(
             f"split {split!r} of {data_dir!r} has {labels['multi_hot'].shape[1]} classes, "

@@ -1,6 +1,6 @@
 """Read a training run directory (``kerasmlic train``) and export its best model.
 
-A run directory (see :mod:`kerasmlic.training.rundir`) holds ``config.yaml``,
+A run directory (see :mod:`kerasmlic.evaluation.rundir`) holds ``config.yaml``,
 ``dataset.json`` (a reference to the shards with their class names),
 ``best.keras`` and, once evaluated, ``eval_val.json``.
 """
@@ -54,7 +54,7 @@ def read_class_names(run_dir, num_classes=None):
     Raises:
         UsageError: No readable ``dataset.json`` reference, or a count mismatch.
     """
-    from kerasmlic.training.rundir import read_dataset_reference
+    from kerasmlic.evaluation.rundir import read_dataset_reference
 
     names = read_dataset_reference(run_dir).get("class_names")
     if not names:
@@ -98,7 +98,7 @@ def load_run(run_dir):
         UsageError: The folder or its ``best.keras`` is missing, or its class
             names are missing or do not match the model.
     """
-    from kerasmlic.training.trainer import load_model
+    from kerasmlic.evaluation.loading import load_model
 
     if not os.path.isdir(run_dir):
         raise UsageError(f"run dir {run_dir!r} does not exist")

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 
 from kerasmlic.errors import UsageError
+from kerasmlic.version import __version__
 
 LABELS_ASSET = "labels.txt"
 METADATA_ASSET = "metadata.json"
@@ -150,7 +151,6 @@ def build_metadata(model, class_names, *, metadata=None, device_note="", explain
     import keras
     import tensorflow as tf
 
-    import kerasmlic
     from kerasmlic.export.serving import (
         BYTES_INPUT,
         BYTES_SIGNATURE,
@@ -189,7 +189,7 @@ def build_metadata(model, class_names, *, metadata=None, device_note="", explain
             },
         },
         "export_device": device_note,
-        "kerasmlic_version": kerasmlic.__version__,
+        "kerasmlic_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "export_date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -244,7 +244,7 @@ def export_saved_model(model, out_dir, *, class_names, version=None, metadata=No
     from kerasmlic.export.warmup import write_warmup_requests
 
     class_names = [str(n) for n in class_names]
-    num_classes = (getattr(model, "_kerasmlic_config", None) or {}).get("num_classes")
+    num_classes = (getattr(model, "options", None) or {}).get("num_classes")
     if num_classes is not None and int(num_classes) != len(class_names):
         raise UsageError(f"model has {num_classes} classes but {len(class_names)} class names")
     version = _choose_version(out_dir, version)

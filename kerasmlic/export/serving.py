@@ -60,7 +60,7 @@ def model_image_size(model):
     Returns:
         The side ``S`` as a Python int.
     """
-    config = getattr(model, "_kerasmlic_config", None) or {}
+    config = getattr(model, "options", None) or {}
     if config.get("image_size"):
         return int(config["image_size"])
     shape = model.inputs[0].shape

@@ -3,7 +3,7 @@
 import numpy as np
 
 from kerasmlic.errors import UsageError
-from kerasmlic.metrics.multilabel import _as_labels, _as_scores, _ranked_columns
+from kerasmlic.metrics.multilabel import as_labels, as_scores, ranked_columns
 
 
 def calibrate_thresholds(y_true, scores, *, default=0.5, min_support=1):
@@ -38,8 +38,8 @@ def calibrate_thresholds(y_true, scores, *, default=0.5, min_support=1):
     Raises:
         UsageError: on malformed input or ``min_support < 1``.
     """
-    y = _as_labels(y_true, "y_true")
-    s = _as_scores(scores, y.shape)
+    y = as_labels(y_true, "y_true")
+    s = as_scores(scores, y.shape)
     if isinstance(min_support, bool) or not isinstance(min_support, (int, np.integer)):
         raise UsageError(f"min_support must be an integer >= 1, got {min_support!r}")
     if min_support < 1:
@@ -49,7 +49,7 @@ def calibrate_thresholds(y_true, scores, *, default=0.5, min_support=1):
         raise UsageError("default threshold is NaN")
     work = np.float32 if np.asarray(scores).dtype == np.float32 else np.float64
 
-    sorted_scores, _, tp_cum, group_end = _ranked_columns(y, s)
+    sorted_scores, _, tp_cum, group_end = ranked_columns(y, s)
     n = y.shape[0]
     npos = tp_cum[:, -1]
     predicted = np.arange(1, n + 1)

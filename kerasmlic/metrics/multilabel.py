@@ -65,8 +65,21 @@ PER_CLASS_KEYS = ("name", "AP", "P", "R", "F1", "support")
 # --------------------------------------------------------------------------- input checks
 
 
-def _as_labels(y, name, shape=None):
-    """Return a 0/1 matrix as a bool array, or raise UsageError."""
+def as_labels(y, name, shape=None):
+    """Check a 0/1 label matrix and return it as a bool array.
+
+    Args:
+        y: (N, C) array-like of 0/1 (or bool).
+        name: What it is, for messages (``"y_true"``, ``"predicted"``).
+        shape: The shape it must have, or None.
+
+    Returns:
+        A bool (N, C) array.
+
+    Raises:
+        UsageError: Empty, not 2-D, another shape, not numeric, or a value
+            other than 0 and 1.
+    """
     y = np.asarray(y)
     if y.ndim != 2 or y.shape[0] == 0 or y.shape[1] == 0:
         raise UsageError(f"{name} must be a non-empty (N, C) matrix, got shape {y.shape}")
@@ -81,8 +94,19 @@ def _as_labels(y, name, shape=None):
     return y != 0
 
 
-def _as_scores(scores, shape):
-    """Return scores as float64 (exact for float32 input, so ties survive), or raise."""
+def as_scores(scores, shape):
+    """Check a score matrix and return it as float64 (exact for float32, so ties survive).
+
+    Args:
+        scores: (N, C) array-like of real scores.
+        shape: The shape it must have (that of ``y_true``).
+
+    Returns:
+        A float64 (N, C) array.
+
+    Raises:
+        UsageError: Another shape, a non-real dtype, or a NaN.
+    """
     s = np.asarray(scores)
     if s.shape != shape:
         raise UsageError(f"scores has shape {s.shape}, expected {shape} (same as y_true)")
@@ -106,7 +130,7 @@ def _safe_div(num, den):
 # --------------------------------------------------------------------------- ranking
 
 
-def _ranked_columns(y_true, scores):
+def ranked_columns(y_true, scores):
     """Rank every class column by descending score.
 
     Args:
@@ -149,13 +173,13 @@ def average_precision_per_class(y_true, scores):
     Raises:
         UsageError: on malformed input.
     """
-    y = _as_labels(y_true, "y_true")
-    s = _as_scores(scores, y.shape)
+    y = as_labels(y_true, "y_true")
+    s = as_scores(scores, y.shape)
     return _average_precision(y, s)
 
 
 def _average_precision(y, s):
-    _, sorted_true, tp_cum, group_end = _ranked_columns(y, s)
+    _, sorted_true, tp_cum, group_end = ranked_columns(y, s)
     n = y.shape[0]
     rank = np.arange(n)
     # Index of the end of each rank's tie group: reverse running minimum over
@@ -191,15 +215,15 @@ def precision_recall_curves(y_true, scores):
     Raises:
         UsageError: on malformed input.
     """
-    y = _as_labels(y_true, "y_true")
-    s = _as_scores(scores, y.shape)
+    y = as_labels(y_true, "y_true")
+    s = as_scores(scores, y.shape)
     per_class = _curves(y, s)
     micro = _curves(y.reshape(-1, 1), s.reshape(-1, 1))[0]
     return {"per_class": per_class, "micro": micro}
 
 
 def _curves(y, s):
-    sorted_scores, _, tp_cum, group_end = _ranked_columns(y, s)
+    sorted_scores, _, tp_cum, group_end = ranked_columns(y, s)
     predicted = np.arange(1, y.shape[0] + 1)
     curves = []
     for c in range(y.shape[1]):
@@ -243,7 +267,7 @@ def top_k_predictions(scores, k):
     s = np.asarray(scores)
     if s.ndim != 2:
         raise UsageError(f"scores must be an (N, C) matrix, got shape {s.shape}")
-    s = _as_scores(s, s.shape)
+    s = as_scores(s, s.shape)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise UsageError(f"k must be an integer >= 0, got {k!r}")
     n, c = s.shape
@@ -345,13 +369,13 @@ def evaluate_predictions(y_true, scores, predicted=None, thresholds=0.5, class_n
         UsageError: on malformed input (shapes, non-0/1 labels, NaN scores,
             wrong number of thresholds or class names).
     """
-    y = _as_labels(y_true, "y_true")
-    s = _as_scores(scores, y.shape)
+    y = as_labels(y_true, "y_true")
+    s = as_scores(scores, y.shape)
     n, c = y.shape
     if predicted is None:
         p = _predicted_from_thresholds(s, thresholds)
     else:
-        p = _as_labels(predicted, "predicted", shape=y.shape)
+        p = as_labels(predicted, "predicted", shape=y.shape)
     if class_names is None:
         names = [f"class_{i}" for i in range(c)]
     else:

@@ -1,6 +1,18 @@
 """The base class every kerasmlic model derives from, and its output contract.
 
-A model is a functional ``keras.Model`` built in ``__init__`` (keras-hub style:
+A model is composed of parts, in the spirit of keras-hub's
+``ImageClassifier(backbone, ...)``: an encoder
+(:class:`~kerasmlic.models.encoders.Encoder`, given by name or as an object),
+a head (:class:`~kerasmlic.models.head.Head`: the layers from the encoder's
+outputs to the output dict) and a loss (:class:`~kerasmlic.models.losses.Loss`).
+A registered model class names its head and loss (``head_cls``,
+``loss_cls``); :class:`MultiLabelModel` does the rest once: the encoder
+options (``encoder``, ``encoder_weights``, ``freeze_encoder``), the
+functional graph, the config. A model's options are the encoder options plus
+the keyword-only arguments of its head's and its loss's constructors
+(:meth:`MultiLabelModel.option_defaults`, ``registry.model_options``).
+
+It is a functional ``keras.Model`` built in ``__init__`` (keras-hub style:
 layers, functional graph, config). It maps a batch of pixels ``(B, S, S, 3)``
 on 0-255 (uint8, as the data pipeline gives them, or float) to a dict with at
 least:
@@ -15,9 +27,11 @@ least:
 Sequence models add ``sequence`` (decoded tokens) and, with attention,
 ``attention`` (per-step weights over the feature-map regions).
 
-Each model owns its loss (``multilabel_loss``), so ``model.compile(optimizer)``
-then ``model.fit(dataset)`` trains it; targets are the pipeline's multi-hot
-tensor or its ``{"multi_hot", "sequence"}`` dict.
+Each model owns its loss (its loss part, through ``multilabel_loss``), so
+``model.compile(optimizer)`` then ``model.fit(dataset)`` trains it; targets
+are the pipeline's multi-hot tensor or its ``{"multi_hot", "sequence"}`` dict.
+What a model needs from the input pipeline is stated once, on its class:
+``uses_sequences`` (label sequences) and ``supports_class_weighting``.
 
 Input contract and format version: the model normalises its pixels itself (its
 encoder's first layer, ``PixelNormalization``), and its config carries
@@ -30,11 +44,19 @@ one scored their normalised version. A version above :data:`FORMAT_VERSION`
 (a newer kerasmlic) is refused with a one-line ``UsageError``.
 """
 
+import inspect
+
 import keras
 from keras import ops
 
 from kerasmlic.errors import UsageError
-from kerasmlic.models.encoders import ENCODER_LAYER_NAME, encoder_spec, encoder_spec_scope
+from kerasmlic.models.encoders import (
+    ENCODER_LAYER_NAME,
+    as_encoder,
+    encoder_spec,
+    encoder_spec_scope,
+)
+from kerasmlic.models.losses import split_targets as split_targets
 from kerasmlic.models.pixel_normalization import find_pixel_normalization
 
 FORMAT_VERSION = 2
@@ -44,6 +66,37 @@ FORMAT_VERSION = 2
 PIXELS = "raw"
 """``model.normalization`` of a model that normalises inside: the pipeline's
 ``make_dataset(normalization="raw")`` gives it uint8 pixels."""
+
+ENCODER_OPTIONS = {"encoder": "tiny", "encoder_weights": None, "freeze_encoder": False}
+"""The options every model takes for its encoder, with their defaults."""
+
+
+def part_options(part_cls):
+    """Return the options a head or loss class takes: its keyword-only arguments.
+
+    Args:
+        part_cls: A :class:`~kerasmlic.models.head.Head` or
+            :class:`~kerasmlic.models.losses.Loss` subclass (or None).
+
+    Returns:
+        A dict option -> default, in signature order.
+    """
+    if part_cls is None:
+        return {}
+    params = inspect.signature(part_cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def _part_config(part):
+    """The values a built part holds for its options (same-named attributes)."""
+    config = {}
+    for option in part_options(type(part)):
+        if not hasattr(part, option):
+            raise TypeError(
+                f"{type(part).__name__} must keep its option {option!r} as an attribute"
+            )
+        config[option] = getattr(part, option)
+    return config
 
 
 def check_format_version(version):
@@ -66,18 +119,6 @@ def check_format_version(version):
             f"this one reads up to {FORMAT_VERSION}: upgrade kerasmlic to load it"
         )
     return version
-
-
-def split_targets(y):
-    """Return ``(multi_hot, sequence_or_None)`` from the pipeline's targets.
-
-    Args:
-        y: A multi-hot tensor ``(B, C)`` or a dict with ``multi_hot`` and
-            optionally ``sequence``.
-    """
-    if isinstance(y, dict):
-        return y["multi_hot"], y.get("sequence")
-    return y, None
 
 
 def _scale_for_replicas(loss):
@@ -131,21 +172,131 @@ class Thresholds(keras.layers.Layer):
 
 
 class MultiLabelModel(keras.Model):
-    """Base class: a functional model with the kerasmlic output contract.
+    """Base class: an encoder, a head and a loss, with the kerasmlic output contract.
 
-    Subclasses build their graph in ``__init__``, call
-    ``super().__init__(inputs=..., outputs=..., name=...)``, then
-    ``self._set_config(...)`` with every constructor argument, and implement
-    :meth:`multilabel_loss`.
+    A registered model class declares its parts and what it needs from the
+    input pipeline; its options are the encoder options plus the keyword-only
+    arguments of ``head_cls`` and ``loss_cls`` (an option both name goes to
+    both, with one default)::
+
+        @register_model("bce")
+        class BCEModel(MultiLabelModel):
+            head_cls = LinearHead
+            loss_cls = losses.BCELoss
+            supports_class_weighting = True
+
+    Args:
+        num_classes: Number of classes C.
+        image_size: Square input size in pixels.
+        encoder: An encoder name (``tiny``, ``resnet50``, ``hub:<preset>``...,
+            see ``encoders.encoder_names``) or an
+            :class:`~kerasmlic.models.encoders.Encoder` built at
+            ``image_size`` (its weights are kept; the config records its name,
+            and a ``hub:`` encoder's architecture as ``encoder_spec``).
+        encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None (an
+            encoder name only).
+        freeze_encoder: Freeze the encoder (train the head only); sets an
+            ``Encoder`` object's ``trainable`` too.
+        name: Model name (default: the registry name).
+        **options: The head's and the loss's options (see the model class),
+            then ``keras.Model`` arguments.
 
     Class attributes:
         registry_name: Set by ``register_model``.
+        head_cls: The :class:`~kerasmlic.models.head.Head` subclass.
+        head_args: Fixed, non-option arguments of the head (e.g. a variant).
+        loss_cls: The :class:`~kerasmlic.models.losses.Loss` subclass.
         uses_sequences: True when training needs the pipeline's label sequences
             (``make_dataset(label_order=...)``).
+        supports_class_weighting: True when the loss is plain binary
+            cross-entropy on per-class logits, so ``train.class_weighting``
+            (a compiled class-weighted BCE) may replace it.
     """
 
     registry_name = None
+    head_cls = None
+    head_args = {}
+    loss_cls = None
     uses_sequences = False
+    supports_class_weighting = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.head_cls is None:
+            return
+        head, loss = part_options(cls.head_cls), part_options(cls.loss_cls)
+        for option in set(head) & set(loss):
+            if head[option] != loss[option]:
+                raise TypeError(
+                    f"{cls.__name__}: option {option!r} has default {head[option]!r} in "
+                    f"{cls.head_cls.__name__} but {loss[option]!r} in {cls.loss_cls.__name__}"
+                )
+        # inspect.signature / help() show the model's options.
+        param = inspect.Parameter
+        options = cls.option_defaults().items()
+        cls.__signature__ = inspect.Signature(
+            [
+                param("num_classes", param.POSITIONAL_OR_KEYWORD),
+                param("image_size", param.POSITIONAL_OR_KEYWORD),
+                *(param(k, param.KEYWORD_ONLY, default=v) for k, v in options),
+                param("name", param.KEYWORD_ONLY, default=None),
+                param("kwargs", param.VAR_KEYWORD),
+            ]
+        )
+
+    @classmethod
+    def option_defaults(cls):
+        """Return the model's options with their defaults (``registry.model_options``).
+
+        Returns:
+            A dict: the encoder options, then the head's, then the loss's.
+        """
+        return {**ENCODER_OPTIONS, **part_options(cls.head_cls), **part_options(cls.loss_cls)}
+
+    def __init__(
+        self,
+        num_classes,
+        image_size,
+        *,
+        encoder="tiny",
+        encoder_weights=None,
+        freeze_encoder=False,
+        name=None,
+        **kwargs,
+    ):
+        head_names, loss_names = part_options(self.head_cls), part_options(self.loss_cls)
+        head_options = {k: kwargs[k] for k in head_names if k in kwargs}
+        loss_options = {k: kwargs[k] for k in loss_names if k in kwargs}
+        for option in {**head_options, **loss_options}:
+            del kwargs[option]
+        # The parts check their options before the (costlier) encoder is built.
+        head = self.head_cls(num_classes, **self.head_args, **head_options)
+        loss = self.loss_cls(**loss_options)
+        encoder = as_encoder(
+            encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
+        )
+        images = keras.Input((image_size, image_size, 3), name="images")
+        feature_map, pooled = encoder(images)
+        outputs = head(feature_map, pooled)
+        super().__init__(inputs=images, outputs=outputs, name=name or self.registry_name, **kwargs)
+        # Plain attributes: the layers are tracked once, through the graph.
+        self._encoder, self.head, self.loss_fn = encoder, head, loss
+        if loss.seed is not None:  # a model-owned sampling state (WARP)
+            self.sampling_seed = loss.seed
+        self._normalization = encoder.normalization
+        self._set_config(
+            num_classes=num_classes,
+            image_size=image_size,
+            encoder=encoder.name,
+            encoder_weights=encoder_weights,
+            freeze_encoder=freeze_encoder,
+            **{**_part_config(head), **_part_config(loss)},
+        )
+
+    @property
+    def encoder(self):
+        """The model's :class:`~kerasmlic.models.encoders.Encoder` (network: layer ``encoder``)."""
+        return self._encoder
 
     def _set_config(self, **config):
         self._kerasmlic_config = dict(config)
@@ -233,14 +384,14 @@ class MultiLabelModel(keras.Model):
         return None if layer is None else layer.mode
 
     def multilabel_loss(self, y, y_pred, sample_weight=None):
-        """Return the scalar training loss.
+        """Return the scalar training loss: the model's loss part on its outputs.
 
         Args:
             y: The pipeline's targets (tensor or dict, see :func:`split_targets`).
             y_pred: The model's output dict.
             sample_weight: Optional per-example weights.
         """
-        raise NotImplementedError
+        return self.loss_fn(y, y_pred, sample_weight)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Use the model's own loss unless ``compile(loss=...)`` was given one.

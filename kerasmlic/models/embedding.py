@@ -22,19 +22,13 @@ midpoint of the margin-1 ranking. Cosine similarities are multiplied by
 import keras
 from keras import layers, ops
 
-from kerasmlic.errors import UsageError
 from kerasmlic.models import losses
-from kerasmlic.models.base import MultiLabelModel, Thresholds, split_targets
-from kerasmlic.models.encoders import build_encoder, encoder_normalization
+from kerasmlic.models.base import MultiLabelModel
+from kerasmlic.models.head import Head
+from kerasmlic.models.losses import RANKING_LOSSES as RANKING_LOSSES
 from kerasmlic.models.registry import register_model
 
-RANKING_LOSSES = ("warp", "hinge", "bce")
 SIMILARITIES = ("cosine", "dot")
-
-
-def _check_choice(option, value, valid):
-    if value not in valid:
-        raise UsageError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
 
 
 def _similarity(a, b, similarity, scale):
@@ -153,187 +147,104 @@ class LabelAttentionSimilarity(layers.Layer):
         }
 
 
-class _RankingLossMixin:
-    """The ``loss`` option shared by the embedding models."""
-
-    def multilabel_loss(self, y, y_pred, sample_weight=None):
-        """Return the ranking (or BCE) loss on the similarity logits."""
-        multi_hot, _ = split_targets(y)
-        logits = y_pred["logits"]
-        if self.loss_name == "warp":
-            per_example = losses.warp_loss(multi_hot, logits, self.margin, seed=self.sampling_seed)
-        elif self.loss_name == "hinge":
-            per_example = losses.pairwise_hinge_loss(multi_hot, logits, self.margin)
-        else:
-            per_example = losses.binary_crossentropy(multi_hot, logits)
-        return losses.reduce_mean(per_example, sample_weight)
-
-
-@register_model("joint_embedding")
-class JointEmbeddingModel(_RankingLossMixin, MultiLabelModel):
-    """Image projected into a label-embedding space; score = similarity (the study's model).
+class JointEmbeddingHead(Head):
+    """Pooled feature projected into the label-embedding space; logit = similarity.
 
     Outputs: ``scores``, ``predicted``, ``logits`` (similarities), all (B, C) float32.
 
     Args:
         num_classes: Number of classes C.
-        image_size: Square input size in pixels.
-        encoder: Encoder name.
-        encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
-        freeze_encoder: Freeze the encoder.
         embed_dim: Joint embedding size.
         similarity: ``cosine`` or ``dot``.
         scale: Multiplier of cosine similarities.
-        loss: ``warp`` (default), ``hinge`` (pairwise) or ``bce``.
-        margin: Ranking margin.
         dropout: Dropout rate on the pooled feature.
         threshold: Initial per-class threshold on the scores.
-        name: Model name.
-        **kwargs: Passed to ``keras.Model``.
     """
 
     def __init__(
         self,
         num_classes,
-        image_size,
         *,
-        encoder="tiny",
-        encoder_weights=None,
-        freeze_encoder=False,
         embed_dim=128,
         similarity="cosine",
         scale=5.0,
-        loss="warp",
-        margin=1.0,
         dropout=0.0,
         threshold=0.5,
-        name=None,
-        **kwargs,
     ):
-        _check_choice("loss", loss, RANKING_LOSSES)
-        _check_choice("similarity", similarity, SIMILARITIES)
-        enc = build_encoder(
-            encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
-        )
-        images = keras.Input((image_size, image_size, 3), name="images")
-        _, pooled = enc(images)
-        x = layers.Dropout(dropout, name="dropout")(pooled) if dropout else pooled
-        image_embedding = layers.Dense(embed_dim, dtype="float32", name="image_embedding")(x)
+        losses.check_choice("similarity", similarity, SIMILARITIES)
+        super().__init__(num_classes)
+        self.embed_dim, self.similarity, self.scale = embed_dim, similarity, scale
+        self.dropout, self.threshold = dropout, threshold
+
+    def __call__(self, feature_map, pooled):
+        """Build the head: layers ``image_embedding``, ``label_embedding``, ``scores``..."""
+        x = layers.Dropout(self.dropout, name="dropout")(pooled) if self.dropout else pooled
+        image_embedding = layers.Dense(self.embed_dim, dtype="float32", name="image_embedding")(x)
         logits = LabelEmbeddingSimilarity(
-            num_classes, embed_dim, similarity, scale, dtype="float32", name="label_embedding"
+            self.num_classes,
+            self.embed_dim,
+            self.similarity,
+            self.scale,
+            dtype="float32",
+            name="label_embedding",
         )(image_embedding)
-        scores = layers.Activation("sigmoid", dtype="float32", name="scores")(logits)
-        predicted = Thresholds(num_classes, threshold, dtype="float32", name="predicted")(scores)
-        super().__init__(
-            inputs=images,
-            outputs={"scores": scores, "predicted": predicted, "logits": logits},
-            name=name or "joint_embedding",
-            **kwargs,
-        )
-        self.loss_name, self.margin = loss, margin
-        self.sampling_seed = keras.random.SeedGenerator(0, name="warp_sampling_seed")
-        self._normalization = encoder_normalization(encoder)
-        self._set_config(
-            num_classes=num_classes,
-            image_size=image_size,
-            encoder=encoder,
-            encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder,
-            embed_dim=embed_dim,
-            similarity=similarity,
-            scale=scale,
-            loss=loss,
-            margin=margin,
-            dropout=dropout,
-            threshold=threshold,
-        )
+        return self.scored_outputs(logits, self.threshold)
 
 
-@register_model("joint_embedding_attention")
-class JointEmbeddingAttentionModel(_RankingLossMixin, MultiLabelModel):
-    """Each label embedding attends over the feature map, then scores what it attended to.
+class LabelAttentionHead(JointEmbeddingHead):
+    """Each label embedding attends over the feature-map regions, then scores what it saw.
 
     Outputs: ``scores``, ``predicted``, ``logits`` (B, C) and ``attention``
     (B, C, N) float32, N = H'·W' feature-map regions (row-major).
 
     Args:
         num_classes: Number of classes C.
-        image_size: Square input size in pixels.
-        encoder: Encoder name.
-        encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
-        freeze_encoder: Freeze the encoder.
         embed_dim: Joint embedding size (label embeddings, keys, values).
         similarity: ``cosine`` or ``dot``.
         scale: Multiplier of cosine similarities.
-        loss: ``warp`` (default), ``hinge`` (pairwise) or ``bce``.
-        margin: Ranking margin.
         dropout: Dropout rate on the projected regions.
         threshold: Initial per-class threshold on the scores.
-        name: Model name.
-        **kwargs: Passed to ``keras.Model``.
     """
 
-    def __init__(
-        self,
-        num_classes,
-        image_size,
-        *,
-        encoder="tiny",
-        encoder_weights=None,
-        freeze_encoder=False,
-        embed_dim=128,
-        similarity="cosine",
-        scale=5.0,
-        loss="warp",
-        margin=1.0,
-        dropout=0.0,
-        threshold=0.5,
-        name=None,
-        **kwargs,
-    ):
-        _check_choice("loss", loss, RANKING_LOSSES)
-        _check_choice("similarity", similarity, SIMILARITIES)
-        enc = build_encoder(
-            encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
-        )
-        images = keras.Input((image_size, image_size, 3), name="images")
-        feature_map, _ = enc(images)
+    def __call__(self, feature_map, pooled):
+        """Build the head: layers ``regions``, ``keys``, ``values``, ``label_attention``..."""
         height, width, channels = feature_map.shape[1:]
         regions = layers.Reshape((height * width, channels), name="regions")(feature_map)
-        if dropout:
-            regions = layers.Dropout(dropout, name="dropout")(regions)
-        keys = layers.Dense(embed_dim, dtype="float32", name="keys")(regions)
-        values = layers.Dense(embed_dim, dtype="float32", name="values")(regions)
+        if self.dropout:
+            regions = layers.Dropout(self.dropout, name="dropout")(regions)
+        keys = layers.Dense(self.embed_dim, dtype="float32", name="keys")(regions)
+        values = layers.Dense(self.embed_dim, dtype="float32", name="values")(regions)
         logits, attention = LabelAttentionSimilarity(
-            num_classes, embed_dim, similarity, scale, dtype="float32", name="label_attention"
+            self.num_classes,
+            self.embed_dim,
+            self.similarity,
+            self.scale,
+            dtype="float32",
+            name="label_attention",
         )(keys, values)
-        scores = layers.Activation("sigmoid", dtype="float32", name="scores")(logits)
-        predicted = Thresholds(num_classes, threshold, dtype="float32", name="predicted")(scores)
-        super().__init__(
-            inputs=images,
-            outputs={
-                "scores": scores,
-                "predicted": predicted,
-                "logits": logits,
-                "attention": attention,
-            },
-            name=name or "joint_embedding_attention",
-            **kwargs,
-        )
-        self.loss_name, self.margin = loss, margin
-        self.sampling_seed = keras.random.SeedGenerator(0, name="warp_sampling_seed")
-        self._normalization = encoder_normalization(encoder)
-        self._set_config(
-            num_classes=num_classes,
-            image_size=image_size,
-            encoder=encoder,
-            encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder,
-            embed_dim=embed_dim,
-            similarity=similarity,
-            scale=scale,
-            loss=loss,
-            margin=margin,
-            dropout=dropout,
-            threshold=threshold,
-        )
+        return self.scored_outputs(logits, self.threshold, attention=attention)
+
+
+@register_model("joint_embedding")
+class JointEmbeddingModel(MultiLabelModel):
+    """Image projected into a label-embedding space; score = similarity (the study's model).
+
+    Options: the encoder's, :class:`JointEmbeddingHead`'s and
+    :class:`~kerasmlic.models.losses.RankingLoss`'s (``loss``: ``warp``,
+    ``hinge`` or ``bce``; ``margin``).
+    """
+
+    head_cls = JointEmbeddingHead
+    loss_cls = losses.RankingLoss
+
+
+@register_model("joint_embedding_attention")
+class JointEmbeddingAttentionModel(MultiLabelModel):
+    """Each label embedding attends over the feature map, then scores what it attended to.
+
+    Options: the encoder's, :class:`LabelAttentionHead`'s and
+    :class:`~kerasmlic.models.losses.RankingLoss`'s.
+    """
+
+    head_cls = LabelAttentionHead
+    loss_cls = losses.RankingLoss

@@ -36,6 +36,14 @@ The input normalisation an encoder applies is named by
 :func:`encoder_normalization` and runs in the encoder's
 ``pixel_normalization`` layer (``preset_normalization`` for ``hub:``).
 
+The encoder object: :class:`Encoder` wraps the network :func:`build_encoder`
+builds with its name, architecture spec, normalisation, output size and
+trainable state; ``Encoder.from_name(name, image_size)`` builds one, and a
+model takes it in place of a name
+(``BCEModel(num_classes=80, image_size=224, encoder=Encoder.from_name("hub:..."))``).
+Inside a model the network is the layer named ``"encoder"``
+(:func:`get_encoder`); ``model.encoder`` is the :class:`Encoder`.
+
 Freezing: ``build_encoder(..., trainable=False)`` or
 :func:`set_encoder_trainable` on a built model (train the head first, then
 fine-tune: "CNN as initialisation"). A frozen encoder's BatchNormalization
@@ -50,7 +58,7 @@ from keras import layers, ops
 
 from kerasmlic.errors import UsageError
 from kerasmlic.models import hub_encoder
-from kerasmlic.models.pixel_normalization import PixelNormalization
+from kerasmlic.models.pixel_normalization import PixelNormalization, find_pixel_normalization
 
 ENCODER_LAYER_NAME = "encoder"
 
@@ -393,6 +401,146 @@ def build_encoder(name, image_size, *, weights=None, trainable=True, spec=None):
     feature_map = backbone(pixels)
     pooled = layers.GlobalAveragePooling2D(name="pool")(feature_map)
     encoder = keras.Model(inputs, [feature_map, pooled], name=ENCODER_LAYER_NAME)
+    encoder.trainable = trainable
+    return encoder
+
+
+@keras.saving.register_keras_serializable(package="kerasmlic")
+class Encoder:
+    """An image encoder: pixels (0-255) -> ``(feature_map, pooled)``, and what is known of it.
+
+    Wraps the network :func:`build_encoder` builds (a functional
+    ``keras.Model`` named ``"encoder"``: ``PixelNormalization``, the
+    backbone, pooling) with its name, its architecture spec (``hub:``), its
+    normalisation, output size and feature grid, and its trainable state.
+    Calling it calls the network, so it plugs into a functional graph.
+
+    Not a Keras layer itself: a model holds the network as its ``encoder``
+    layer, and ``.keras`` files store a layer's weights under its class name
+    (``layers/functional/...``), so a wrapping layer class would move every
+    saved encoder weight and files saved before it could no longer load.
+
+    Serialisable (``keras.saving.serialize_keras_object``): the config holds
+    the name, image size, trainable state and ``hub:`` spec, not weights; as
+    with models, ``from_config`` rebuilds the architecture (a ``hub:``
+    encoder from its spec, without the preset) with fresh weights.
+
+    Args:
+        name: An encoder name (see :func:`build_encoder`).
+        image_size: Square input size in pixels.
+        weights: ``"imagenet"``, a local ``.weights.h5`` path, or None.
+        trainable: False freezes the encoder (BatchNorm in inference mode).
+        spec: ``hub:`` encoders only: a spec from :func:`encoder_spec`.
+
+    Raises:
+        UsageError: As :func:`build_encoder`.
+
+    Example:
+        >>> encoder = Encoder.from_name("tiny", 64)
+        >>> encoder.output_dim, encoder.feature_grid, encoder.normalization
+        (128, (8, 8), 'unit')
+        >>> model = BCEModel(num_classes=80, image_size=64, encoder=encoder)
+    """
+
+    def __init__(self, name, image_size, *, weights=None, trainable=True, spec=None):
+        self.network = build_encoder(
+            name, image_size, weights=weights, trainable=trainable, spec=spec
+        )
+        self.name = name
+        self.image_size = image_size
+
+    @classmethod
+    def from_name(cls, name, image_size, *, weights=None, trainable=True, spec=None):
+        """Build an encoder by name (the constructor, keras-hub ``from_preset`` style)."""
+        return cls(name, image_size, weights=weights, trainable=trainable, spec=spec)
+
+    def __call__(self, images, training=None):
+        """Return ``[feature_map (B, H', W', C), pooled (B, C)]`` of pixels on 0-255."""
+        return self.network(images, training=training)
+
+    @property
+    def spec(self):
+        """What rebuilds the architecture without its source (``hub:``), else None."""
+        return encoder_spec(self.network)
+
+    @property
+    def normalization(self):
+        """The named input normalisation it applies (:func:`encoder_normalization`)."""
+        return encoder_normalization(self.name)
+
+    @property
+    def pixel_normalization(self):
+        """The mode of its first layer, ``PixelNormalization`` (``"affine"`` for ``hub:``)."""
+        return find_pixel_normalization(self.network).mode
+
+    @property
+    def output_dim(self):
+        """Channels C of the feature map and the pooled vector."""
+        return int(self.network.outputs[1].shape[-1])
+
+    @property
+    def feature_grid(self):
+        """``(H', W')`` of the feature map: the regions attention heads see."""
+        return tuple(int(d) for d in self.network.outputs[0].shape[1:3])
+
+    @property
+    def trainable(self):
+        """Whether the encoder trains (False: frozen, BatchNorm in inference mode)."""
+        return self.network.trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self.network.trainable = bool(value)
+
+    def get_config(self):
+        """Return the name, image size, trainable state and ``hub:`` spec."""
+        return {
+            "name": self.name,
+            "image_size": self.image_size,
+            "trainable": self.trainable,
+            "spec": self.spec,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild the architecture from :meth:`get_config` (fresh weights)."""
+        return cls(**config)
+
+    def __repr__(self):
+        return (
+            f"Encoder({self.name!r}, image_size={self.image_size}, output_dim={self.output_dim}, "
+            f"feature_grid={self.feature_grid}, trainable={self.trainable})"
+        )
+
+
+def as_encoder(encoder, image_size, *, weights=None, trainable=True):
+    """Return an :class:`Encoder` from a name or an ``Encoder`` (a model's ``encoder`` option).
+
+    Args:
+        encoder: An encoder name or an :class:`Encoder`.
+        image_size: The model's square input size.
+        weights: Encoder weights (names only; an ``Encoder`` carries its own).
+        trainable: The encoder's trainable state (set on an ``Encoder`` too).
+
+    Returns:
+        An :class:`Encoder`.
+
+    Raises:
+        UsageError: As :func:`build_encoder`; weights given with an ``Encoder``,
+            or an ``Encoder`` built at another image size.
+    """
+    if not isinstance(encoder, Encoder):
+        return Encoder(encoder, image_size, weights=weights, trainable=trainable)
+    if weights is not None:
+        raise UsageError(
+            "an Encoder object carries its own weights; leave encoder_weights unset "
+            "(or give Encoder.from_name(..., weights=...))"
+        )
+    if encoder.image_size != image_size:
+        raise UsageError(
+            f"the encoder was built for {encoder.image_size} px images, the model for "
+            f"{image_size}: build the encoder at image size {image_size}"
+        )
     encoder.trainable = trainable
     return encoder
 

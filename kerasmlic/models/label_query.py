@@ -19,11 +19,11 @@ from keras import layers, ops
 
 from kerasmlic.errors import UsageError
 from kerasmlic.models import losses
-from kerasmlic.models.base import MultiLabelModel, Thresholds, split_targets
-from kerasmlic.models.encoders import build_encoder, encoder_normalization
+from kerasmlic.models.base import MultiLabelModel
+from kerasmlic.models.head import Head
 from kerasmlic.models.registry import register_model
 
-LABEL_QUERY_LOSSES = ("bce", "asl")
+LABEL_QUERY_LOSSES = losses.SIGMOID_LOSSES
 
 
 @keras.saving.register_keras_serializable(package="kerasmlic")
@@ -250,115 +250,69 @@ class MeanOverHeads(layers.Layer):
         return (input_shape[0], input_shape[2], input_shape[3])
 
 
-@register_model("label_query")
-class LabelQueryModel(MultiLabelModel):
-    """Query2Label-style model: label queries cross-attend to the feature map.
+class LabelQueryHead(Head):
+    """Label queries cross-attend to the projected feature map (Query2Label).
+
+    Outputs: ``scores``, ``predicted``, ``logits`` (B, C) and ``attention``
+    (B, C, N), the last layer's cross-attention averaged over heads.
 
     Args:
         num_classes: Number of classes C.
-        image_size: Square input size in pixels.
-        encoder: Encoder name.
-        encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
-        freeze_encoder: Freeze the encoder.
         hidden_dim: Decoder width.
         num_layers: Transformer decoder layers.
         num_heads: Attention heads (``hidden_dim`` is split between them).
         ffn_dim: Feed-forward inner width (None: ``4 * hidden_dim``).
         dropout: Dropout rate in the decoder.
-        loss: ``bce`` or ``asl``.
-        gamma_neg: ASL focusing parameter for negatives.
-        gamma_pos: ASL focusing parameter for positives.
-        clip: ASL probability margin.
         threshold: Initial per-class threshold on the scores.
-        name: Model name.
-        **kwargs: Passed to ``keras.Model``.
     """
 
     def __init__(
         self,
         num_classes,
-        image_size,
         *,
-        encoder="tiny",
-        encoder_weights=None,
-        freeze_encoder=False,
         hidden_dim=128,
         num_layers=2,
         num_heads=4,
         ffn_dim=None,
         dropout=0.1,
-        loss="bce",
-        gamma_neg=4.0,
-        gamma_pos=0.0,
-        clip=0.05,
         threshold=0.5,
-        name=None,
-        **kwargs,
     ):
-        if loss not in LABEL_QUERY_LOSSES:
-            raise UsageError(f"unknown loss {loss!r}; valid: {', '.join(LABEL_QUERY_LOSSES)}")
         if num_layers < 1 or num_heads < 1 or hidden_dim % num_heads:
             raise UsageError(
                 "label_query needs num_layers >= 1, num_heads >= 1 and hidden_dim divisible "
                 f"by num_heads (got {num_layers}, {num_heads}, {hidden_dim})"
             )
-        enc = build_encoder(
-            encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
-        )
-        images = keras.Input((image_size, image_size, 3), name="images")
-        feature_map, _ = enc(images)
-        projected = layers.Dense(hidden_dim, name="input_projection")(feature_map)
-        memory, positions = PositionalEmbedding2D(name="positions")(projected)
-        queries = LabelQueries(num_classes, hidden_dim, name="label_queries")(memory)
-        weights = None
-        for i in range(num_layers):
-            queries, weights = TransformerDecoderLayer(
-                hidden_dim, num_heads, ffn_dim or 4 * hidden_dim, dropout, name=f"decoder_{i}"
-            )(queries, memory, positions)
-        logits = PerClassLinear(num_classes, dtype="float32", name="logits")(queries)
-        attention = MeanOverHeads(dtype="float32", name="attention")(weights)
-        scores = layers.Activation("sigmoid", dtype="float32", name="scores")(logits)
-        predicted = Thresholds(num_classes, threshold, dtype="float32", name="predicted")(scores)
-        super().__init__(
-            inputs=images,
-            outputs={
-                "scores": scores,
-                "predicted": predicted,
-                "logits": logits,
-                "attention": attention,
-            },
-            name=name or "label_query",
-            **kwargs,
-        )
-        self.loss_name = loss
-        self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
-        self._normalization = encoder_normalization(encoder)
-        self._set_config(
-            num_classes=num_classes,
-            image_size=image_size,
-            encoder=encoder,
-            encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            loss=loss,
-            gamma_neg=gamma_neg,
-            gamma_pos=gamma_pos,
-            clip=clip,
-            threshold=threshold,
-        )
+        super().__init__(num_classes)
+        self.hidden_dim, self.num_layers, self.num_heads = hidden_dim, num_layers, num_heads
+        self.ffn_dim, self.dropout, self.threshold = ffn_dim, dropout, threshold
 
-    def multilabel_loss(self, y, y_pred, sample_weight=None):
-        """Return the BCE or ASL loss on the per-class logits."""
-        multi_hot, _ = split_targets(y)
-        logits = y_pred["logits"]
-        if self.loss_name == "asl":
-            per_example = losses.asymmetric_loss(
-                multi_hot, logits, self.gamma_neg, self.gamma_pos, self.clip
-            )
-        else:
-            per_example = losses.binary_crossentropy(multi_hot, logits)
-        return losses.reduce_mean(per_example, sample_weight)
+    def __call__(self, feature_map, pooled):
+        """Build the head: ``input_projection``, ``positions``, ``decoder_<i>``, ``logits``..."""
+        projected = layers.Dense(self.hidden_dim, name="input_projection")(feature_map)
+        memory, positions = PositionalEmbedding2D(name="positions")(projected)
+        queries = LabelQueries(self.num_classes, self.hidden_dim, name="label_queries")(memory)
+        weights = None
+        for i in range(self.num_layers):
+            queries, weights = TransformerDecoderLayer(
+                self.hidden_dim,
+                self.num_heads,
+                self.ffn_dim or 4 * self.hidden_dim,
+                self.dropout,
+                name=f"decoder_{i}",
+            )(queries, memory, positions)
+        logits = PerClassLinear(self.num_classes, dtype="float32", name="logits")(queries)
+        attention = MeanOverHeads(dtype="float32", name="attention")(weights)
+        return self.scored_outputs(logits, self.threshold, attention=attention)
+
+
+@register_model("label_query")
+class LabelQueryModel(MultiLabelModel):
+    """Query2Label-style model: label queries cross-attend to the feature map.
+
+    Options: the encoder's, :class:`LabelQueryHead`'s and
+    :class:`~kerasmlic.models.losses.SigmoidLoss`'s (``loss``: ``bce`` or
+    ``asl``; ``gamma_neg``, ``gamma_pos``, ``clip``).
+    """
+
+    head_cls = LabelQueryHead
+    loss_cls = losses.SigmoidLoss

@@ -1,15 +1,36 @@
-"""Multi-label losses as pure functions on tensors (keras.ops, float32 inside).
+"""Multi-label losses: pure functions on tensors, and the models' loss parts.
 
-Every loss takes ``y_true`` multi-hot ``(B, C)`` and model logits or scores
-``(B, C)``, and returns per-example losses ``(B,)`` so callers can apply
-sample weights; :func:`reduce_mean` averages them. Inputs are cast to float32
-first so the losses stay finite under ``mixed_float16``.
+Every loss function takes ``y_true`` multi-hot ``(B, C)`` and model logits or
+scores ``(B, C)``, and returns per-example losses ``(B,)`` so callers can
+apply sample weights; :func:`reduce_mean` averages them. Inputs are cast to
+float32 first so the losses stay finite under ``mixed_float16``.
+
+A model's own loss is a part (:class:`Loss`), named by its class
+(``loss_cls``, :class:`~kerasmlic.models.base.MultiLabelModel`): its options
+are its constructor's keyword-only arguments (``margin``, ``gamma_neg``...),
+and it maps the pipeline's targets and the model's output dict to a scalar.
+The recurrent decoders' part is
+:class:`~kerasmlic.models.sequence_losses.SequenceLoss`.
 """
 
 import keras
 from keras import ops
 
+from kerasmlic.errors import UsageError
+
 _EPS = 1e-8
+
+
+def split_targets(y):
+    """Return ``(multi_hot, sequence_or_None)`` from the pipeline's targets.
+
+    Args:
+        y: A multi-hot tensor ``(B, C)`` or a dict with ``multi_hot`` and
+            optionally ``sequence``.
+    """
+    if isinstance(y, dict):
+        return y["multi_hot"], y.get("sequence")
+    return y, None
 
 
 def _f32(*tensors):
@@ -220,3 +241,163 @@ def pairwise_hinge_loss(y_true, logits, margin=1.0):
     pair = y[:, :, None] * (1.0 - y[:, None, :])  # (B, pos, neg)
     hinge = ops.relu(margin - s[:, :, None] + s[:, None, :])
     return ops.sum(pair * hinge, axis=(1, 2)) / ops.maximum(ops.sum(pair, axis=(1, 2)), 1.0)
+
+
+# --------------------------------------------------------------------------- loss parts
+
+
+def check_choice(option, value, valid):
+    """Raise ``UsageError`` unless ``value`` is one of ``valid``.
+
+    Args:
+        option: The option's name, for the message.
+        value: Its value.
+        valid: The valid values.
+    """
+    if value not in valid:
+        raise UsageError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
+
+
+def _sampling_seed():
+    # A model-owned seed state (the model tracks it as ``sampling_seed``): the
+    # negative sampling order differs per step and no global variable is
+    # created inside a traced function.
+    return keras.random.SeedGenerator(0, name="warp_sampling_seed")
+
+
+class Loss:
+    """Base class of a model's loss part.
+
+    Subclasses take their options as keyword-only constructor arguments, kept
+    as attributes of the same name, and define :meth:`per_example` (or
+    override :meth:`__call__`).
+
+    Attributes:
+        seed: A ``keras.random.SeedGenerator`` the loss samples with, or None;
+            the model tracks it (as ``sampling_seed``).
+    """
+
+    seed = None
+
+    def per_example(self, multi_hot, y_pred):
+        """Return the ``(B,)`` losses.
+
+        Args:
+            multi_hot: ``(B, C)`` targets.
+            y_pred: The model's output dict.
+        """
+        raise NotImplementedError
+
+    def __call__(self, y, y_pred, sample_weight=None):
+        """Return the scalar loss: the (weighted) mean of :meth:`per_example`.
+
+        Args:
+            y: The pipeline's targets (multi-hot or ``{"multi_hot", "sequence"}``).
+            y_pred: The model's output dict.
+            sample_weight: Optional ``(B,)`` weights.
+        """
+        multi_hot, _ = split_targets(y)
+        return reduce_mean(self.per_example(multi_hot, y_pred), sample_weight)
+
+
+class BCELoss(Loss):
+    """Binary cross-entropy on the ``logits`` output, summed over classes."""
+
+    def per_example(self, multi_hot, y_pred):
+        """See :func:`binary_crossentropy`."""
+        return binary_crossentropy(multi_hot, y_pred["logits"])
+
+
+class AsymmetricLoss(Loss):
+    """The asymmetric loss (Ridnik et al., ICCV 2021) on the ``logits`` output.
+
+    Args:
+        gamma_neg: Focusing parameter for negatives (paper: 4).
+        gamma_pos: Focusing parameter for positives (paper: 0).
+        clip: Probability margin m shifting negatives (paper: 0.05).
+    """
+
+    def __init__(self, *, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+        self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
+
+    def per_example(self, multi_hot, y_pred):
+        """See :func:`asymmetric_loss`."""
+        return asymmetric_loss(
+            multi_hot, y_pred["logits"], self.gamma_neg, self.gamma_pos, self.clip
+        )
+
+
+class WARPLoss(Loss):
+    """The WARP ranking loss on the ``logits`` output, with sampled negatives.
+
+    Args:
+        margin: The ranking margin.
+    """
+
+    def __init__(self, *, margin=1.0):
+        self.margin = margin
+        self.seed = _sampling_seed()
+
+    def per_example(self, multi_hot, y_pred):
+        """See :func:`warp_loss`."""
+        return warp_loss(multi_hot, y_pred["logits"], self.margin, seed=self.seed)
+
+
+class SoftmaxLoss(Loss):
+    """Softmax cross-entropy against the normalised multi-hot target."""
+
+    def per_example(self, multi_hot, y_pred):
+        """See :func:`softmax_crossentropy`."""
+        return softmax_crossentropy(multi_hot, y_pred["logits"])
+
+
+RANKING_LOSSES = ("warp", "hinge", "bce")
+
+
+class RankingLoss(Loss):
+    """A ranking loss on similarity logits, chosen by option (the embedding models).
+
+    Args:
+        loss: ``warp`` (default), ``hinge`` (pairwise) or ``bce``.
+        margin: Ranking margin.
+    """
+
+    def __init__(self, *, loss="warp", margin=1.0):
+        check_choice("loss", loss, RANKING_LOSSES)
+        self.loss, self.margin = loss, margin
+        self.seed = _sampling_seed()
+
+    def per_example(self, multi_hot, y_pred):
+        """WARP, pairwise hinge or binary cross-entropy on ``logits``."""
+        logits = y_pred["logits"]
+        if self.loss == "warp":
+            return warp_loss(multi_hot, logits, self.margin, seed=self.seed)
+        if self.loss == "hinge":
+            return pairwise_hinge_loss(multi_hot, logits, self.margin)
+        return binary_crossentropy(multi_hot, logits)
+
+
+SIGMOID_LOSSES = ("bce", "asl")
+
+
+class SigmoidLoss(Loss):
+    """Binary cross-entropy or the asymmetric loss, chosen by option (``label_query``).
+
+    Args:
+        loss: ``bce`` or ``asl``.
+        gamma_neg: ASL focusing parameter for negatives.
+        gamma_pos: ASL focusing parameter for positives.
+        clip: ASL probability margin.
+    """
+
+    def __init__(self, *, loss="bce", gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+        check_choice("loss", loss, SIGMOID_LOSSES)
+        self.loss = loss
+        self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
+
+    def per_example(self, multi_hot, y_pred):
+        """BCE or ASL on ``logits``."""
+        logits = y_pred["logits"]
+        if self.loss == "asl":
+            return asymmetric_loss(multi_hot, logits, self.gamma_neg, self.gamma_pos, self.clip)
+        return binary_crossentropy(multi_hot, logits)

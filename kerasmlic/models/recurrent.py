@@ -1,7 +1,10 @@
 """Recurrent label decoders: ``rnn_hidden``, ``rnn_input``, ``seq2seq``, ``seq2seq_attention``.
 
-Each model is encoder -> decoder inputs -> :class:`LabelDecoder`, which emits
-one label token per step (vocabulary of :mod:`kerasmlic.data.sequences`):
+Each model is the encoder, the recurrent head (:class:`RecurrentHead`: decoder
+inputs -> :class:`LabelDecoder`, which emits one label token per step over
+the vocabulary of :mod:`kerasmlic.data.sequences`) and the sequence loss
+(:class:`~kerasmlic.models.sequence_losses.SequenceLoss`); the variants
+differ in the decoder inputs:
 
 - ``rnn_hidden``: the pooled CNN feature, through a dense projection, is the
   decoder's initial state (for an LSTM, ``h`` and ``c`` each get a projection).
@@ -44,14 +47,13 @@ import tensorflow as tf
 
 from kerasmlic.data.sequences import DEFAULT_MAX_LABELS, NUM_SPECIAL
 from kerasmlic.errors import UsageError
-from kerasmlic.models import losses
 from kerasmlic.models import sequence_losses as sl
 from kerasmlic.models.attention import AdditiveAttention as AdditiveAttention
 from kerasmlic.models.base import MultiLabelModel, split_targets
 from kerasmlic.models.decoder_inputs import AUX_GATE_INIT as AUX_GATE_INIT
 from kerasmlic.models.decoder_inputs import DecoderInputs
 from kerasmlic.models.decoder_inputs import region_pool_size as region_pool_size
-from kerasmlic.models.encoders import build_encoder, encoder_normalization
+from kerasmlic.models.head import Head
 from kerasmlic.models.label_decoder import LabelDecoder
 from kerasmlic.models.label_prior import LabelPrior as LabelPrior
 from kerasmlic.models.recurrent_options import CELLS as CELLS
@@ -61,37 +63,24 @@ from kerasmlic.models.recurrent_options import PLA, PLA_PIPELINE_ORDER, check_op
 from kerasmlic.models.registry import register_model
 
 
-class _Parts:
-    """Plain holder of the layers the training steps call directly.
-
-    Not a Keras-tracked container (the layers are tracked once, through the
-    functional graph), so saving sees each layer once.
-    """
-
-    def __init__(self, encoder, decoder_inputs, decoder):
-        self.encoder = encoder
-        self.decoder_inputs = decoder_inputs
-        self.decoder = decoder
-
-
 def _distribution_unscaled(loss):
     """The loss as reported: a per-replica loss times the replicas (as Keras' trainer)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss * replicas if replicas > 1 else loss
 
 
-class RecurrentModel(MultiLabelModel):
-    """Shared graph and training of the recurrent decoders (not registered itself).
+class RecurrentHead(Head):
+    """Decoder inputs of one variant, then the recurrent :class:`LabelDecoder`.
 
-    Subclasses set ``variant``: ``"hidden"``, ``"input"``, ``"seq2seq"`` or
-    ``"attention"``.
+    Outputs (decoded in the graph): ``scores``, ``predicted``, ``sequence``,
+    and ``attention`` for the ``"attention"`` variant. After it is built,
+    ``decoder_inputs`` (:class:`DecoderInputs`) and ``decoder`` are what the
+    model's teacher-forced training steps call.
 
     Args:
         num_classes: Number of classes C.
-        image_size: Square input size in pixels.
-        encoder: Encoder name (see ``encoders.encoder_names``).
-        encoder_weights: ``"imagenet"``, a ``.weights.h5`` path, or None.
-        freeze_encoder: Freeze the encoder.
+        variant: ``"hidden"``, ``"input"``, ``"seq2seq"`` or ``"attention"``
+            (fixed by the model class, not an option).
         cell: ``"gru"`` or ``"lstm"``.
         embedding_dim: Label-embedding size.
         hidden_dim: Recurrent state size (decoder, and region encoder). The
@@ -108,6 +97,9 @@ class RecurrentModel(MultiLabelModel):
             :data:`PLA_PIPELINE_ORDER`).
         decoding: ``"greedy"`` or ``"beam"``.
         beam_width: Beams for ``decoding="beam"`` (at most C + 1).
+        max_regions: ``seq2seq`` variants: a feature map with more regions is
+            average-pooled until it has at most this many (default 49: a
+            7x7 map, a 224-px image on a stride-32 backbone, is read whole).
         length_penalty: Beam search ranks hypotheses by
             ``log P / ((5 + n) / 6) ** length_penalty`` with n their tokens
             (labels + END), GNMT's length normalisation; 0 ranks by ``log P``,
@@ -121,29 +113,20 @@ class RecurrentModel(MultiLabelModel):
             from a per-image class ranking and the encoder gets a direct
             multi-label gradient from the first step; 0 removes the head (the
             study's plain decoders). Default 0.03, measured (docs/design.md):
-            weight 1 swamps the sequence loss of the attention decoder.
+            weight 1 swamps the sequence loss of the attention decoder. The
+            loss part (:class:`~kerasmlic.models.sequence_losses.SequenceLoss`)
+            takes the same option.
         class_score: Per-class score of the decoded sequence: ``inclusion``
             (default; the probability that the decoder emits the class before
             it stops), ``noisy_or`` or ``max`` (the former score); see
             :mod:`kerasmlic.models.decoding`.
-        max_regions: ``seq2seq`` models: a feature map with more regions is
-            average-pooled until it has at most this many (default 49: a
-            7x7 map, a 224-px image on a stride-32 backbone, is read whole).
-        name: Model name.
-        **kwargs: Passed to ``keras.Model``.
     """
-
-    uses_sequences = True
-    variant = None
 
     def __init__(
         self,
         num_classes,
-        image_size,
+        variant,
         *,
-        encoder="tiny",
-        encoder_weights=None,
-        freeze_encoder=False,
         cell="gru",
         embedding_dim=256,
         hidden_dim=256,
@@ -156,80 +139,70 @@ class RecurrentModel(MultiLabelModel):
         length_penalty=2.0,
         aux_loss_weight=0.03,
         class_score="inclusion",
-        name=None,
-        **kwargs,
     ):
-        check_options(
-            num_classes,
-            {
-                "cell": cell,
-                "embedding_dim": embedding_dim,
-                "hidden_dim": hidden_dim,
-                "dropout": dropout,
-                "max_labels": max_labels,
-                "label_order": label_order,
-                "decoding": decoding,
-                "beam_width": beam_width,
-                "max_regions": max_regions,
-                "length_penalty": length_penalty,
-                "aux_loss_weight": aux_loss_weight,
-                "class_score": class_score,
-            },
-        )
-        enc = build_encoder(
-            encoder, image_size, weights=encoder_weights, trainable=not freeze_encoder
-        )
-        decoder_inputs = DecoderInputs(
+        options = {
+            "cell": cell,
+            "embedding_dim": embedding_dim,
+            "hidden_dim": hidden_dim,
+            "dropout": dropout,
+            "max_labels": max_labels,
+            "label_order": label_order,
+            "decoding": decoding,
+            "beam_width": beam_width,
+            "max_regions": max_regions,
+            "length_penalty": length_penalty,
+            "aux_loss_weight": aux_loss_weight,
+            "class_score": class_score,
+        }
+        check_options(num_classes, options)
+        super().__init__(num_classes)
+        self.variant = variant
+        for option, value in options.items():
+            setattr(self, option, value)
+        self.decoder_inputs = self.decoder = None
+
+    def __call__(self, feature_map, pooled):
+        """Build the decoder inputs and the decoder; return the decoded outputs."""
+        self.decoder_inputs = DecoderInputs(
             self.variant,
-            cell,
-            embedding_dim,
-            hidden_dim,
-            max_regions,
-            num_classes=num_classes if aux_loss_weight else None,
+            self.cell,
+            self.embedding_dim,
+            self.hidden_dim,
+            self.max_regions,
+            num_classes=self.num_classes if self.aux_loss_weight else None,
         )
-        decoder = LabelDecoder(
-            num_classes,
-            cell=cell,
-            embedding_dim=embedding_dim,
-            hidden_dim=hidden_dim,
-            dropout=dropout,
-            max_labels=max_labels,
+        self.decoder = LabelDecoder(
+            self.num_classes,
+            cell=self.cell,
+            embedding_dim=self.embedding_dim,
+            hidden_dim=self.hidden_dim,
+            dropout=self.dropout,
+            max_labels=self.max_labels,
             attention=self.variant == "attention",
-            beam_width=beam_width if decoding == "beam" else 1,
-            length_penalty=length_penalty,
-            class_score=class_score,
+            beam_width=self.beam_width if self.decoding == "beam" else 1,
+            length_penalty=self.length_penalty,
+            class_score=self.class_score,
             name="decoder",
         )
-        images = keras.Input((image_size, image_size, 3), name="images")
-        feature_map, pooled = enc(images)
-        outputs = decoder(decoder_inputs(feature_map, pooled))
-        super().__init__(inputs=images, outputs=outputs, name=name or self.registry_name, **kwargs)
-        self._parts = _Parts(enc, decoder_inputs, decoder)
-        self._normalization = encoder_normalization(encoder)
-        self._set_config(
-            num_classes=num_classes,
-            image_size=image_size,
-            encoder=encoder,
-            encoder_weights=encoder_weights,
-            freeze_encoder=freeze_encoder,
-            cell=cell,
-            embedding_dim=embedding_dim,
-            hidden_dim=hidden_dim,
-            dropout=dropout,
-            max_labels=max_labels,
-            label_order=label_order,
-            decoding=decoding,
-            beam_width=beam_width,
-            max_regions=max_regions,
-            length_penalty=length_penalty,
-            aux_loss_weight=aux_loss_weight,
-            class_score=class_score,
-        )
+        return self.decoder(self.decoder_inputs(feature_map, pooled))
+
+
+class RecurrentModel(MultiLabelModel):
+    """Shared training of the recurrent decoders (not registered itself).
+
+    Subclasses set ``head_args = {"variant": ...}``. Options: the encoder's
+    (:class:`~kerasmlic.models.base.MultiLabelModel`) and
+    :class:`RecurrentHead`'s.
+    """
+
+    head_cls = RecurrentHead
+    loss_cls = sl.SequenceLoss
+    uses_sequences = True
 
     @property
     def max_labels(self):
         """Label capacity; the pipeline's sequences must have ``max_labels + 2`` tokens."""
-        return self._kerasmlic_config["max_labels"]
+        return self.head.max_labels
 
     @property
     def region_grid(self):
@@ -237,12 +210,12 @@ class RecurrentModel(MultiLabelModel):
 
         The ``attention`` output's last axis is these regions, row major.
         """
-        return self._parts.decoder_inputs.grid
+        return self.head.decoder_inputs.grid
 
     @property
     def label_order(self):
         """The configured label order (``pla`` for orderless training)."""
-        return self._kerasmlic_config["label_order"]
+        return self.head.label_order
 
     @property
     def pipeline_label_order(self):
@@ -251,8 +224,8 @@ class RecurrentModel(MultiLabelModel):
         return PLA_PIPELINE_ORDER if order == PLA else order
 
     def _decoder_inputs(self, images, training):
-        feature_map, pooled = self._parts.encoder(images, training=training)
-        return self._parts.decoder_inputs(feature_map, pooled, training=training)
+        feature_map, pooled = self.encoder(images, training=training)
+        return self.head.decoder_inputs(feature_map, pooled, training=training)
 
     def _target_sequence(self, y):
         multi_hot, sequence = split_targets(y)
@@ -287,51 +260,20 @@ class RecurrentModel(MultiLabelModel):
         if self.label_order == PLA:
             frozen = tf.nest.map_structure(tf.stop_gradient, inputs)
             lengths = tf.reduce_sum(tf.cast(sequence >= NUM_SPECIAL, tf.int32), axis=1)
-            predicted, class_probs = self._parts.decoder.decode_exact_lengths(frozen, lengths)
+            predicted, class_probs = self.head.decoder.decode_exact_lengths(frozen, lengths)
             sequence = tf.stop_gradient(sl.align_to_predictions(predicted, class_probs, sequence))
         targets = sequence[:, 1:]
-        logits, _ = self._parts.decoder.teacher_force(inputs, sequence[:, :-1], training=training)
-        allowed = sl.teacher_forcing_mask(targets, self._kerasmlic_config["num_classes"])
+        logits, _ = self.head.decoder.teacher_force(inputs, sequence[:, :-1], training=training)
+        allowed = sl.teacher_forcing_mask(targets, self.head.num_classes)
         y_pred = {
             "logits": logits,
             "targets": targets,
             "allowed": allowed,
-            "scores": sl.teacher_forced_scores(
-                logits, targets, allowed, self._kerasmlic_config["class_score"]
-            ),
+            "scores": sl.teacher_forced_scores(logits, targets, allowed, self.head.class_score),
         }
         if "aux_logits" in inputs:
             y_pred["aux_logits"] = inputs["aux_logits"]
         return y_pred, inputs
-
-    def multilabel_loss(self, y, y_pred, sample_weight=None):
-        """Masked token cross-entropy of the teacher-forced pass.
-
-        Args:
-            y: Targets (unused: the targets travel in ``y_pred``, possibly realigned).
-            y_pred: The dict from :meth:`teacher_forced`.
-            sample_weight: Optional ``(B,)`` weights.
-
-        Returns:
-            Scalar float32 loss.
-
-        Raises:
-            ValueError: ``y_pred`` is an inference output (no teacher-forced logits).
-        """
-        if "logits" not in y_pred:
-            raise ValueError(
-                "recurrent models compute their loss on teacher_forced() outputs, "
-                "not on decoded predictions"
-            )
-        loss = sl.sequence_loss(
-            y_pred["logits"], y_pred["targets"], y_pred["allowed"], sample_weight
-        )
-        weight = self._kerasmlic_config["aux_loss_weight"]
-        if weight and "aux_logits" in y_pred:
-            multi_hot, _ = split_targets(y)
-            aux = losses.binary_crossentropy(multi_hot, y_pred["aux_logits"])
-            loss = loss + weight * losses.reduce_mean(aux, sample_weight)
-        return loss
 
     def make_train_function(self, force=False):
         """Build the optimizer for the trainable weights, then Keras' train function.
@@ -372,7 +314,7 @@ class RecurrentModel(MultiLabelModel):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
         self._loss_tracker.update_state(_distribution_unscaled(loss), sample_weight=tf.shape(x)[0])
-        decoded = self._parts.decoder(inputs, training=False)
+        decoded = self.head.decoder(inputs, training=False)
         return self.compute_metrics(x, y, decoded, sample_weight=sample_weight)
 
 
@@ -380,30 +322,30 @@ class RecurrentModel(MultiLabelModel):
 class RNNHiddenModel(RecurrentModel):
     """CNN feature initialises the recurrent state; the decoder emits one label per step.
 
-    Options: see :class:`RecurrentModel`.
+    Options: see :class:`RecurrentHead`.
     """
 
-    variant = "hidden"
+    head_args = {"variant": "hidden"}
 
 
 @register_model("rnn_input")
 class RNNInputModel(RecurrentModel):
     """CNN feature is the decoder's first input (Show and Tell).
 
-    Options: see :class:`RecurrentModel`.
+    Options: see :class:`RecurrentHead`.
     """
 
-    variant = "input"
+    head_args = {"variant": "input"}
 
 
 @register_model("seq2seq")
 class Seq2SeqModel(RecurrentModel):
     """An encoder RNN reads the feature-map regions; its final state starts the decoder.
 
-    Options: see :class:`RecurrentModel`.
+    Options: see :class:`RecurrentHead`.
     """
 
-    variant = "seq2seq"
+    head_args = {"variant": "seq2seq"}
 
 
 @register_model("seq2seq_attention")
@@ -411,7 +353,7 @@ class Seq2SeqAttentionModel(RecurrentModel):
     """seq2seq with Bahdanau attention over the encoder states at every decoding step.
 
     Outputs ``attention`` ``(B, max_labels + 1, H'·W')`` besides the common ones.
-    Options: see :class:`RecurrentModel`.
+    Options: see :class:`RecurrentHead`.
     """
 
-    variant = "attention"
+    head_args = {"variant": "attention"}

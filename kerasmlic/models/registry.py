@@ -1,7 +1,8 @@
 """The model registry: registry names (docs/design.md) → model classes, and the factory.
 
 Model modules are imported explicitly (timm-style) the first time the registry
-is consulted, so ``import kerasmlic`` stays light.
+is consulted, so ``import kerasmlic`` stays light: a module defining a head
+and its ``@register_model`` classes is one line of :data:`_MODEL_MODULES`.
 
 Example:
     >>> from kerasmlic.models.registry import build_model
@@ -9,7 +10,6 @@ Example:
 """
 
 import importlib
-import inspect
 
 from kerasmlic.errors import UsageError
 
@@ -25,9 +25,6 @@ _MODEL_MODULES = (
 
 _REGISTRY = {}
 _loaded = False
-
-# Arguments every model takes from the factory rather than from options.
-_COMMON_ARGS = ("num_classes", "image_size")
 
 
 def register_model(name):
@@ -79,22 +76,19 @@ def get_model_class(name):
 
 
 def model_options(name):
-    """Return the option names (constructor arguments) a model accepts, with defaults.
+    """Return the options a model accepts, with defaults.
+
+    The encoder options (``encoder``, ``encoder_weights``, ``freeze_encoder``)
+    and the keyword-only arguments of the model's head and loss
+    (``MultiLabelModel.option_defaults``).
 
     Args:
         name: A registry name.
 
     Returns:
-        A dict option → default value (``inspect.Parameter.empty`` when required).
+        A dict option → default value.
     """
-    cls = get_model_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    skip = ("self", "name", *_COMMON_ARGS)
-    return {
-        p.name: p.default
-        for p in params.values()
-        if p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return get_model_class(name).option_defaults()
 
 
 def build_model(name, *, num_classes, image_size, **options):

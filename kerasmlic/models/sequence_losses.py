@@ -11,11 +11,14 @@ Orderless training (``label_order: pla``, Yazici et al., CVPR 2020, "Orderless
 Recurrent Models for Multi-label Classification", predicted label alignment)
 replaces the fixed target order by one aligned to what the model predicts:
 :func:`align_to_predictions`.
+
+:class:`SequenceLoss` is the recurrent models' loss part.
 """
 
 import tensorflow as tf
 
 from kerasmlic.data.sequences import END, NUM_SPECIAL, PAD, START
+from kerasmlic.models import losses
 from kerasmlic.models.decoding import (
     NEG_INF,
     allowed_tokens,
@@ -212,3 +215,46 @@ def align_to_predictions(predicted, class_probs, sequence):
     labels = tf.transpose(out.stack(), [1, 0])
     labels = tf.where(labels >= 0, labels + NUM_SPECIAL, PAD)
     return _with_start_end(labels, count)
+
+
+class SequenceLoss(losses.Loss):
+    """The recurrent decoders' loss: masked token cross-entropy of the teacher-forced pass.
+
+    Plus, with ``aux_loss_weight > 0``, that weight times the binary
+    cross-entropy (summed over classes) of the auxiliary head's logits
+    (``aux_logits``; :class:`~kerasmlic.models.label_prior.LabelPrior`).
+
+    Args:
+        aux_loss_weight: Weight of the auxiliary head's loss (the head exists
+            only when it is above 0; see ``RecurrentHead``).
+    """
+
+    def __init__(self, *, aux_loss_weight=0.03):
+        self.aux_loss_weight = aux_loss_weight
+
+    def __call__(self, y, y_pred, sample_weight=None):
+        """Return the scalar loss of a teacher-forced pass.
+
+        Args:
+            y: Targets (for the auxiliary head's multi-hot; the token targets
+                travel in ``y_pred``, possibly realigned).
+            y_pred: The dict from ``RecurrentModel.teacher_forced``.
+            sample_weight: Optional ``(B,)`` weights.
+
+        Returns:
+            Scalar float32 loss.
+
+        Raises:
+            ValueError: ``y_pred`` is an inference output (no teacher-forced logits).
+        """
+        if "logits" not in y_pred:
+            raise ValueError(
+                "recurrent models compute their loss on teacher_forced() outputs, "
+                "not on decoded predictions"
+            )
+        loss = sequence_loss(y_pred["logits"], y_pred["targets"], y_pred["allowed"], sample_weight)
+        if self.aux_loss_weight and "aux_logits" in y_pred:
+            multi_hot, _ = losses.split_targets(y)
+            aux = losses.binary_crossentropy(multi_hot, y_pred["aux_logits"])
+            loss = loss + self.aux_loss_weight * losses.reduce_mean(aux, sample_weight)
+        return loss

@@ -79,7 +79,7 @@ def load_run(run_dir, split="val"):
     """
     import yaml
 
-    from kerasmlic.training.rundir import RunPaths, read_history
+    from kerasmlic.evaluation.rundir import RunPaths, read_history
 
     paths = RunPaths(run_dir)
     eval_path = paths.eval_json(split)

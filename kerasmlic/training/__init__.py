@@ -1,5 +1,5 @@
 """Training: ``train(config) -> run_dir``, callbacks, optimiser, run directory."""
 
-from kerasmlic.training.trainer import train
+from kerasmlic.training.run import train
 
 __all__ = ["train"]

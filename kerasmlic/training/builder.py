@@ -1,18 +1,198 @@
-"""What every training loop builds the same way: the training stream, its holdout, determinism.
+"""What every training loop checks and builds the same way, from one config.
 
-``train`` (``model.fit``), the multi-worker step driver and the tuner's
-trials all read the training split through :func:`train_dataset`, so they
-share the same pipeline settings (augmentation, label sequences, seed,
-shuffle buffer) and the same train holdout when thresholds are calibrated on
-one (``evaluation.calibration_split: train-holdout``).
+``train`` (``model.fit``, :mod:`kerasmlic.training.trainer`), the multi-worker
+step driver (:mod:`kerasmlic.training.multiworker`) and the tuner's trials
+resolve the config (:func:`resolve`), check the shards and options
+(:func:`check_data`, :func:`check_options`), compile the same loss and
+metrics (:func:`class_weighted_loss`, :func:`fit_metrics`) and read the
+training split through :func:`train_dataset`, so they share the same
+pipeline settings (augmentation, label sequences, seed, shuffle buffer) and
+the same train holdout when thresholds are calibrated on one
+(``evaluation.calibration_split: train-holdout``).
 """
 
 import contextlib
+import copy
+import os
+import sys
 
+from kerasmlic.data.manifest import load_manifest, split_info
 from kerasmlic.errors import UsageError
+from kerasmlic.training import config as config_lib
 
 TRAIN_HOLDOUT = "train-holdout"
 """``evaluation.calibration_split`` value: fit thresholds on a held-out part of train."""
+
+
+def resolve(config):
+    """Return a validated deep copy of a config, a YAML path, or None (defaults).
+
+    Args:
+        config: A config dict (partial is fine: it is merged over the
+            defaults), a path to a YAML file, or None.
+
+    Returns:
+        The resolved config dict.
+    """
+    if config is None:
+        return config_lib.load_config()
+    if isinstance(config, (str, os.PathLike)):
+        return config_lib.load_config(os.fspath(config))
+    merged = config_lib.default_config()
+    config_lib.merge_config(merged, copy.deepcopy(dict(config)))
+    return config_lib.validate_config(merged)
+
+
+def default_run_dir(config):
+    """Return ``runs/<model name>``: a fixed name, so running the same command resumes."""
+    return os.path.join("runs", config["model"]["name"])
+
+
+def fit_verbosity(setting):
+    """Map ``train.verbose`` to ``model.fit``'s ``verbose`` (``auto``: bar on a terminal).
+
+    Args:
+        setting: ``"auto"``, 0, 1 or 2.
+
+    Returns:
+        0, 1 or 2.
+    """
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return setting
+
+
+def check_data(config):
+    """Check a config's shard folder and splits before any training.
+
+    Args:
+        config: A resolved config with ``data.dir`` set.
+
+    Returns:
+        ``(data_dir, manifest, train_info)``.
+
+    Raises:
+        UsageError: No folder, a missing split, or fewer train images than a batch.
+    """
+    data_dir = config["data"]["dir"]
+    if not data_dir:
+        raise UsageError("no data folder: pass --data DIR (a folder made by `kerasmlic build`)")
+    manifest = load_manifest(data_dir)
+    train_info = split_info(manifest, config["data"]["train_split"], data_dir)
+    split_info(manifest, config["data"]["val_split"], data_dir)
+    batch = config["data"]["batch_size"]
+    if config["train"]["steps_per_epoch"] is None and train_info["num_examples"] < batch:
+        raise UsageError(
+            f"split {config['data']['train_split']!r} has {train_info['num_examples']} images, "
+            f"fewer than one batch ({batch}); lower --batch-size"
+        )
+    return data_dir, manifest, train_info
+
+
+def class_weighting_supported(model_name):
+    """Return whether ``train.class_weighting`` applies to a model.
+
+    The model class says so (``supports_class_weighting``: its loss is plain
+    BCE on the logits, which the class-weighted BCE replaces); a class that
+    does not declare it is taken to support it when it is ``bce``.
+
+    Args:
+        model_name: A registry name.
+
+    Returns:
+        True or False.
+
+    Raises:
+        UsageError: Unknown model name.
+    """
+    from kerasmlic.models.registry import get_model_class
+
+    cls = get_model_class(model_name)
+    return bool(getattr(cls, "supports_class_weighting", model_name == "bce"))
+
+
+def class_weighted_models():
+    """Return the registry names ``train.class_weighting`` applies to, sorted."""
+    from kerasmlic.models.registry import model_names
+
+    return [name for name in model_names() if class_weighting_supported(name)]
+
+
+def check_class_weighting(config, hint=""):
+    """Refuse ``train.class_weighting`` on a model it does not apply to.
+
+    Args:
+        config: A resolved (or about to be) config.
+        hint: Text appended to the message (e.g. how to condition a search space).
+
+    Raises:
+        UsageError: A class weighting other than ``none`` on such a model.
+    """
+    weighting, name = config["train"]["class_weighting"], config["model"]["name"]
+    if weighting == "none" or class_weighting_supported(name):
+        return
+    raise UsageError(
+        f"train.class_weighting={weighting} applies to the "
+        f"{', '.join(class_weighted_models())} model only, not {name!r}{hint}"
+    )
+
+
+def check_options(config, manifest, data_dir):
+    """Check the options every training loop shares, before anything is built.
+
+    Args:
+        config: A resolved config.
+        manifest: The shard folder's manifest.
+        data_dir: The shard folder.
+
+    Raises:
+        UsageError: Class weighting on a model it does not apply to, or a
+            calibration split that is the reported one, the training split or
+            missing.
+    """
+    check_class_weighting(config)
+    source = calibration_source(config)
+    if source is not None and source != TRAIN_HOLDOUT:
+        split_info(manifest, source, data_dir)
+
+
+def class_weighted_loss(config, train_info):
+    """Return the class-weighted BCE of ``train.class_weighting``, or None (the model's loss).
+
+    Args:
+        config: A resolved config.
+        train_info: ``split_info`` of the train split (label counts).
+
+    Returns:
+        A Keras loss or None.
+    """
+    weighting = config["train"]["class_weighting"]
+    if weighting == "none":
+        return None
+    from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
+
+    pos, cls = class_weights(
+        train_info["label_counts"],
+        train_info["num_examples"],
+        weighting,
+        max_pos_weight=config["train"]["max_pos_weight"],
+        beta=config["train"]["class_balanced_beta"],
+    )
+    return WeightedBinaryCrossentropy(pos, cls)
+
+
+def fit_metrics(num_classes):
+    """Return the streaming metrics every training loop reports per epoch.
+
+    Args:
+        num_classes: Classes of the shards.
+
+    Returns:
+        A list of fresh Keras metrics.
+    """
+    from kerasmlic.metrics.streaming import default_fit_metrics
+
+    return default_fit_metrics(num_classes)
 
 
 def sequence_settings(model):
@@ -30,7 +210,7 @@ def sequence_settings(model):
     """
     if not getattr(type(model), "uses_sequences", False):
         return None, None
-    model_cfg = getattr(model, "_kerasmlic_config", {}) or {}
+    model_cfg = getattr(model, "options", None) or {}
     order = getattr(model, "pipeline_label_order", None) or model_cfg.get("label_order")
     if order in (None, "pla"):
         order = "frequent_first"

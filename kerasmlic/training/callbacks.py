@@ -11,8 +11,8 @@ import numpy as np
 
 from kerasmlic.data.manifest import write_json_atomic
 from kerasmlic.errors import UsageError
+from kerasmlic.evaluation.rundir import read_history
 from kerasmlic.training.optim import base_optimizer, current_learning_rate
-from kerasmlic.training.rundir import read_history
 
 # Figures of the full metric set also written into the epoch logs (history.csv,
 # TensorBoard, the progress bar), with a ``val_`` prefix.
@@ -216,7 +216,7 @@ def evaluations_without_gain(history, best_epoch):
     """Count the validation passes after the best epoch in a run's history.
 
     Args:
-        history: Columns of ``history.csv`` (``rundir.read_history``).
+        history: Columns of ``history.csv`` (``kerasmlic.evaluation.rundir.read_history``).
         best_epoch: The best epoch (1-based), or None when none improved yet.
 
     Returns:

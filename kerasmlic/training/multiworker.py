@@ -47,7 +47,6 @@ losses, optimiser, metrics and run directory as ``train(config)``:
 """
 
 import csv
-import json
 import math
 import os
 import shutil
@@ -56,40 +55,18 @@ import tempfile
 import time
 
 from kerasmlic.errors import UsageError
+from kerasmlic.evaluation.loading import load_model
+from kerasmlic.evaluation.rundir import RunPaths, read_history
+from kerasmlic.training import builder, rundir
+from kerasmlic.training import config as config_lib
+from kerasmlic.training.calibration import calibrate_for_config
+from kerasmlic.training.strategy import multiworker_strategy
 
 CHECKPOINT_FOLDER = "multiworker"
 """Subfolder of the run dir's ``backup/`` that holds the chief's checkpoints."""
 
 KILL_HOOK_ENV = "KERASMLIC_TEST_KILL_AFTER_EPOCH"
 """Test hook: a worker with this set to N SIGKILLs itself one step into epoch N + 1."""
-
-
-def make_strategy():
-    """Return a ``MultiWorkerMirroredStrategy`` for the cluster in ``TF_CONFIG``.
-
-    It must be created before TensorFlow runs any op in the process (it
-    configures collective ops at context start-up).
-
-    Returns:
-        The strategy (a one-worker cluster without ``TF_CONFIG``).
-
-    Raises:
-        UsageError: ``TF_CONFIG`` is not valid JSON or names no task.
-    """
-    import tensorflow as tf
-
-    text = os.environ.get("TF_CONFIG")
-    if text:
-        try:
-            tf_config = json.loads(text)
-        except ValueError:
-            raise UsageError("TF_CONFIG is not valid JSON") from None
-        if "cluster" in tf_config and "task" not in tf_config:
-            raise UsageError('TF_CONFIG has a cluster but no "task": {"type", "index"}')
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
-    )
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
 def is_chief(strategy):
@@ -174,7 +151,7 @@ def train_multiworker(config, *, log=print):
     checkpoint.
 
     Args:
-        config: A config dict or YAML path (resolved with ``trainer.resolve``)
+        config: A config dict or YAML path (resolved with ``builder.resolve``)
             with ``train.strategy == "multiworker"``.
         log: A ``print``-like function for progress lines.
 
@@ -188,20 +165,18 @@ def train_multiworker(config, *, log=print):
     """
     import keras
 
-    from kerasmlic import config as config_lib
     from kerasmlic.models.registry import build_model
-    from kerasmlic.training import builder, rundir, trainer
 
-    config = trainer.resolve(config)
+    config = builder.resolve(config)
     train_cfg, data_cfg = config["train"], config["data"]
     if train_cfg["strategy"] != "multiworker":
         raise UsageError("train_multiworker needs train.strategy=multiworker")
     name = config["model"]["name"]
-    data_dir, manifest, train_info = trainer.check_data(config)
-    trainer.check_options(config, manifest, data_dir)
-    config["run_dir"] = config["run_dir"] or trainer.default_run_dir(config)
+    data_dir, manifest, train_info = builder.check_data(config)
+    builder.check_options(config, manifest, data_dir)
+    config["run_dir"] = config["run_dir"] or builder.default_run_dir(config)
     # Checks above run no TF op: collective ops must be configured before the first.
-    strategy = make_strategy()
+    strategy = multiworker_strategy()
     chief = is_chief(strategy)
     run_dir = config["run_dir"]
     # Non-chief workers write to a private temporary folder (TF's multi-worker
@@ -322,14 +297,11 @@ def _make_stop_vote(strategy):
 def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, log):
     import tensorflow as tf
 
-    from kerasmlic import config as config_lib
     from kerasmlic.data.manifest import class_names, shard_paths
     from kerasmlic.data.pipeline import workers_from_tf_config
     from kerasmlic.models.encoders import set_encoder_trainable
-    from kerasmlic.training import builder, rundir, trainer
     from kerasmlic.training import callbacks as cb
     from kerasmlic.training.optim import make_optimizer
-    from kerasmlic.training.rundir import RunPaths
     from kerasmlic.training.sharded_eval import ShardedValidation
 
     start_time = time.time()
@@ -353,10 +325,10 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     )
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
-    loss = trainer.class_weighted_loss(config, train_info)
+    loss = builder.class_weighted_loss(config, train_info)
 
     with strategy.scope():
-        metrics = trainer.fit_metrics(len(names))
+        metrics = builder.fit_metrics(len(names))
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # The epoch early stopping ended the run after (0: not stopped).
         stopped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="stopped_early_at")
@@ -401,7 +373,7 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     if patience:
         waited = 0
         if chief:
-            history = rundir.read_history(paths.history)
+            history = read_history(paths.history)
             waited = cb.evaluations_without_gain(history, evaluation.best_epoch)
         counter = cb.PatienceCounter(patience, waited)
     kill_after = os.environ.get(KILL_HOOK_ENV)
@@ -532,12 +504,11 @@ def _finish(config, paths, names, evaluation, start_time, log, stopped_at=None):
     from kerasmlic.data.manifest import write_json_atomic
     from kerasmlic.evaluation.evaluate import evaluate_model, format_table, write_evaluation
     from kerasmlic.training import callbacks as cb
-    from kerasmlic.training import rundir, trainer
 
     data_cfg, eval_cfg = config["data"], config["evaluation"]
     # A model loaded outside the strategy's scope predicts without collectives.
-    best = trainer.load_model(paths.best)
-    thresholds_from = trainer.calibrate_for_config(best, config, config["data"]["dir"], log)
+    best = load_model(paths.best)
+    thresholds_from = calibrate_for_config(best, config, config["data"]["dir"], log)
     if thresholds_from is not None:
         cb.save_model_atomic(best, paths.best)
     results, predictions = evaluate_model(
@@ -550,7 +521,7 @@ def _finish(config, paths, names, evaluation, start_time, log, stopped_at=None):
         paths.eval_json(data_cfg["val_split"]),
         paths.predictions(data_cfg["val_split"]),
     )
-    history = rundir.read_history(paths.history)
+    history = read_history(paths.history)
     write_json_atomic(
         paths.summary,
         {

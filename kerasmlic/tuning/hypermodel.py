@@ -20,10 +20,10 @@ import contextlib
 import keras_tuner
 import tensorflow as tf
 
-from kerasmlic import config as config_lib
 from kerasmlic.data.manifest import class_names
 from kerasmlic.training import builder
-from kerasmlic.training.trainer import check_data, class_weighted_loss, fit_verbosity
+from kerasmlic.training import config as config_lib
+from kerasmlic.training.builder import check_data, class_weighted_loss, fit_verbosity
 from kerasmlic.tuning import space as space_lib
 
 OBJECTIVE = "val_mAP"

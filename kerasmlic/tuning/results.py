@@ -25,8 +25,8 @@ import os
 import shutil
 import tempfile
 
-from kerasmlic import config as config_lib
 from kerasmlic.data.manifest import write_json_atomic
+from kerasmlic.training import config as config_lib
 from kerasmlic.tuning.hypermodel import OBJECTIVE
 from kerasmlic.tuning.tuners import TRIAL_RECORD
 
@@ -257,8 +257,8 @@ def write_best_run(model, config, run_dir, *, data_dir, manifest, trial, log=pri
     """
     from kerasmlic.data.manifest import class_names
     from kerasmlic.evaluation.evaluate import evaluate_model, write_evaluation
+    from kerasmlic.evaluation.rundir import RunPaths, dataset_reference
     from kerasmlic.training.callbacks import save_model_atomic
-    from kerasmlic.training.rundir import RunPaths, dataset_reference
 
     parent = os.path.dirname(os.path.abspath(run_dir))
     tmp = tempfile.mkdtemp(prefix=".tmp-best-", dir=parent)

@@ -28,8 +28,8 @@ import os
 
 import yaml
 
-from kerasmlic import config as config_lib
 from kerasmlic.errors import UsageError
+from kerasmlic.training import config as config_lib
 from kerasmlic.tuning import distributed, results
 from kerasmlic.tuning import space as space_lib
 from kerasmlic.tuning.tuners import TRIAL_RECORD, TUNERS
@@ -341,7 +341,7 @@ def tune(
         )
     import keras
 
-    from kerasmlic.training.trainer import fit_verbosity
+    from kerasmlic.training.builder import fit_verbosity
     from kerasmlic.tuning.hypermodel import KerasmlicHyperModel
     from kerasmlic.tuning.tuners import make_tuner
 

@@ -28,13 +28,11 @@ result is an ordinary training config.
 import copy
 import itertools
 
-from kerasmlic import config as config_lib
 from kerasmlic.errors import UsageError
+from kerasmlic.training import config as config_lib
 
 SAMPLINGS = ("linear", "log", "reverse_log")
 _KIND_KEYS = {"choice", "min", "max", "step", "sampling", "fixed", "when"}
-CLASS_WEIGHTED_MODELS = ("bce",)
-"""Models ``train.class_weighting`` applies to (as in ``kerasmlic.training``)."""
 # Keys that describe how a search runs, not what a trial trains; not tunable.
 _NOT_TUNABLE = ("data.dir", "run_dir", "train.strategy", "train.mixed_precision", "train.epochs")
 
@@ -381,12 +379,11 @@ def trial_config(base_config, values):
     for key, value in values.items():
         config_lib.set_value(config, key, value)
     config_lib.validate_config(config)
-    weighting = config["train"]["class_weighting"]
-    if weighting != "none" and config["model"]["name"] not in CLASS_WEIGHTED_MODELS:
-        # The same rule ``train`` applies, checked before a trial starts.
-        raise UsageError(
-            f"train.class_weighting={weighting} applies to the "
-            f"{', '.join(CLASS_WEIGHTED_MODELS)} model only, not {config['model']['name']!r} "
-            "(condition it with when: {model.name: bce})"
-        )
+    # The same rule ``train`` applies, checked before a trial starts.
+    if config["train"]["class_weighting"] != "none":
+        from kerasmlic.training.builder import check_class_weighting, class_weighted_models
+
+        names = class_weighted_models()
+        shown = names[0] if len(names) == 1 else f"[{', '.join(names)}]"
+        check_class_weighting(config, hint=f" (condition it with when: {{model.name: {shown}}})")
     return config

@@ -1,4 +1,6 @@
-"""CLI subcommand ``data-service`` (registered by ``cli.py`` with :func:`add_data_service_parser`).
+"""CLI subcommand ``data-service`` (registered by :mod:`kerasmlic.cli.app`).
+
+Its parser is :func:`add_data_service_parser`.
 
 ``kerasmlic data-service dispatcher --port P`` and ``kerasmlic data-service
 worker --dispatcher HOST:P [--port Q]`` run the two kinds of tf.data service

@@ -53,9 +53,9 @@ import shlex
 import sys
 import time
 
-from kerasmlic import config as config_lib
 from kerasmlic.errors import UsageError
 from kerasmlic.reporting.results import STUDY_MODELS
+from kerasmlic.training import config as config_lib
 
 DEFAULT_OUT = os.path.join("runs", "reproduce")
 
@@ -264,10 +264,10 @@ def reproduce(
     """
     from kerasmlic.data.manifest import load_manifest
     from kerasmlic.evaluation import evaluate_run
+    from kerasmlic.evaluation.rundir import RunPaths, is_finished
     from kerasmlic.models.registry import model_names
     from kerasmlic.reporting.results import write_study_report
     from kerasmlic.training import train
-    from kerasmlic.training.rundir import RunPaths, is_finished
 
     start, cpu_start = time.time(), _cpu_seconds()
     manifest = load_manifest(data_dir)  # a clear error before any training

@@ -1,7 +1,9 @@
-"""The ``kerasmlic`` command line: parses arguments and calls the library.
+"""The ``kerasmlic`` command: its parser, ``main``, and the data verbs.
 
-Exit codes (docs/design.md): 0 success, 2 usage or input error (one clear line, no
-traceback), 1 internal failure.
+``synth``, ``build`` and ``verify`` are handled here; the other verbs add
+their subparsers from the sibling modules of :mod:`kerasmlic.cli`. Exit
+codes (docs/design.md): 0 success, 2 usage or input error (one clear line,
+no traceback), 1 internal failure.
 """
 
 import argparse
@@ -9,11 +11,12 @@ import os
 import sys
 import traceback
 
-from kerasmlic.cli_args import non_negative_int, positive_int
+from kerasmlic.cli.args import non_negative_int, positive_int
 from kerasmlic.errors import UsageError
 
 
-def _quiet_tensorflow():
+def quiet_tensorflow():
+    """Keep TensorFlow's start-up chatter off the command's output (errors still show)."""
     # TF's C++ info and warning chatter (oneDNN notes, a rendezvous line repeating
     # each error) drowns the CLI's output; its errors still show, and a user's own
     # TF_CPP_MIN_LOG_LEVEL (1 shows warnings) is kept.
@@ -114,10 +117,10 @@ def build_parser():
     p.add_argument("--split", action="append", help="check only this split (repeatable)")
     p.set_defaults(func=cmd_verify)
 
-    from kerasmlic.cli_data_service import add_data_service_parser
-    from kerasmlic.cli_serve import add_export_parser, add_predict_parser
-    from kerasmlic.cli_train import add_evaluate_parser, add_reproduce_parser, add_train_parser
-    from kerasmlic.cli_tune import add_tune_parser
+    from kerasmlic.cli.data_service import add_data_service_parser
+    from kerasmlic.cli.serve import add_export_parser, add_predict_parser
+    from kerasmlic.cli.train import add_evaluate_parser, add_reproduce_parser, add_train_parser
+    from kerasmlic.cli.tune import add_tune_parser
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
@@ -135,7 +138,7 @@ def build_parser():
 
 def cmd_demo(args):
     """Run the main job end to end on the built-in dataset."""
-    from kerasmlic.demo import run_demo
+    from kerasmlic.cli.demo import run_demo
 
     run_demo(workdir=args.workdir)
 
@@ -149,7 +152,7 @@ def main(argv=None):
     Returns:
         The process exit code.
     """
-    _quiet_tensorflow()
+    quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,14 +1,14 @@
-"""CLI subcommands ``train``, ``evaluate`` and ``reproduce`` (registered by ``cli.py``).
+"""CLI verbs ``train``, ``evaluate`` and ``reproduce`` (registered by :mod:`kerasmlic.cli.app`).
 
 Each ``add_*_parser(sub)`` adds one subparser to the ``kerasmlic`` command's
 subparsers and sets ``func`` to a handler that calls the library; the
 handlers raise :class:`~kerasmlic.errors.UsageError` for bad input, which
-``cli.main`` turns into one line and exit code 2.
+``kerasmlic.cli.main`` turns into one line and exit code 2.
 """
 
 import argparse
 
-from kerasmlic.cli_args import positive_int
+from kerasmlic.cli.args import positive_int
 
 
 def add_train_parser(sub):
@@ -71,7 +71,7 @@ def config_from_args(args):
     Returns:
         The validated config dict.
     """
-    from kerasmlic.config import load_config
+    from kerasmlic.training.config import load_config
 
     return load_config(
         args.config,
@@ -185,7 +185,7 @@ def add_reproduce_parser(sub):
 def cmd_reproduce(args):
     """Handle ``kerasmlic reproduce``."""
     from kerasmlic.errors import UsageError
-    from kerasmlic.reproduce import DEFAULT_RATES, reproduce
+    from kerasmlic.reporting.reproduce import DEFAULT_RATES, reproduce
 
     models = None
     if args.models:
@@ -210,7 +210,7 @@ def cmd_reproduce(args):
 
 
 def main(argv=None):
-    """Run the three subcommands without cli.py (``python -m kerasmlic.cli_train``).
+    """Run the three subcommands without the full parser (``python -m kerasmlic.cli.train``).
 
     Args:
         argv: Arguments (default: ``sys.argv[1:]``).

@@ -1,4 +1,4 @@
-"""CLI sub-commands ``export`` and ``predict`` (registered by :mod:`kerasmlic.cli`).
+"""CLI sub-commands ``export`` and ``predict`` (registered by :mod:`kerasmlic.cli.app`).
 
 Each ``add_*_parser(sub)`` adds its sub-parser to the ``argparse`` sub-parsers
 object and sets ``func`` to a handler taking the parsed arguments. Handlers
@@ -52,7 +52,7 @@ def cmd_export(args):
 
 def cmd_predict(args):
     """Predict the labels of image files."""
-    from kerasmlic.predict import predict_files
+    from kerasmlic.export.predict import predict_files
 
     return predict_files(
         args.model_dir, args.images, json_output=args.json, explain_dir=args.explain

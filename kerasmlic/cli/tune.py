@@ -1,8 +1,8 @@
-"""CLI subcommand ``tune`` (registered by ``cli.py`` with :func:`add_tune_parser`)."""
+"""CLI subcommand ``tune`` (registered by :mod:`kerasmlic.cli.app` with :func:`add_tune_parser`)."""
 
 import argparse
 
-from kerasmlic.cli_args import positive_int
+from kerasmlic.cli.args import positive_int
 
 
 def add_tune_parser(sub):
@@ -87,7 +87,7 @@ def cmd_tune(args):
 
 
 def main(argv=None):
-    """Run ``tune`` alone (``python -m kerasmlic.cli_tune CONFIG --data DIR ...``).
+    """Run ``tune`` alone (``python -m kerasmlic.cli.tune CONFIG --data DIR ...``).
 
     The same exit codes as ``kerasmlic``: 0 success, 2 usage or input error
     (one line), 1 internal failure.

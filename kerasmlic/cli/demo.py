@@ -47,12 +47,12 @@ def demo_config(shard_dir, run_dir):
     Returns:
         A resolved config dict.
     """
-    from kerasmlic.config import load_config
-    from kerasmlic.reproduce import model_config_path
+    from kerasmlic.reporting.reproduce import model_config_path
+    from kerasmlic.training.config import load_config
 
     path = model_config_path(DEMO_MODEL)
     if path is None:
-        from kerasmlic.training.trainer import resolve
+        from kerasmlic.training.builder import resolve
 
         config = resolve(FALLBACK_CONFIG)
         config["data"]["dir"], config["run_dir"] = shard_dir, run_dir
@@ -107,8 +107,8 @@ def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "de
         )
         print("      " + format_summary(built), flush=True)
 
+    from kerasmlic.evaluation.rundir import is_finished
     from kerasmlic.training import train
-    from kerasmlic.training.rundir import is_finished
 
     config = demo_config(shard_dir, run_dir)
     if is_finished(run_dir):
@@ -170,7 +170,7 @@ def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "de
 def _export_and_predict(run_dir, synth_dir, export_dir, num_images=3):
     """Export the demo run for TF Serving and label a few val images with it."""
     from kerasmlic.export import export_run
-    from kerasmlic.predict import predict_files
+    from kerasmlic.export.predict import predict_files
 
     print(f"[6/7] export: TF Serving SavedModel → {export_dir}", flush=True)
     if os.path.isdir(export_dir):

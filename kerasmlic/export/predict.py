@@ -171,8 +171,8 @@ def load_predictor(model_dir):
 
 
 def _keras_file_predictor(path):
+    from kerasmlic.evaluation.loading import load_model
     from kerasmlic.export.run import read_class_names
-    from kerasmlic.training.trainer import load_model
 
     try:
         model = load_model(path)
