@@ -73,22 +73,28 @@ def manifest_path(data_dir):
     return os.path.join(data_dir, MANIFEST_NAME)
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path, obj, *, compact=False, mode=0o644):
     """Write JSON to a temporary file in the same folder, then rename it into place.
 
     Args:
         path: Destination file.
         obj: A JSON-serialisable object.
+        compact: No spaces or indentation (COCO annotation files); otherwise
+            indented for people to read (manifests).
+        mode: File permissions; mkstemp creates 0600 files, and a manifest is
+            shared data like the shards.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+            if compact:
+                json.dump(obj, f, separators=(",", ":"))
+            else:
+                json.dump(obj, f, indent=1)
             f.write("\n")
-        # mkstemp creates 0600 files; a manifest is shared data like the shards.
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -6,12 +6,12 @@ are written so that an interrupted run never leaves a partial annotation file.
 """
 
 import io
-import json
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+
+from kerasmlic.data.manifest import write_json_atomic
 
 JPEG_QUALITY = 90
 
@@ -100,28 +100,16 @@ def default_file_mode():
 
 
 def write_compact_json_atomic(path, obj):
-    """Write compact JSON to a temporary file beside ``path``, then rename it.
+    """Write compact JSON beside ``path`` under a temporary name, then rename it.
 
-    Unlike :func:`kerasmlic.data.manifest.write_json_atomic` (indented, for
-    manifests people read) the annotation files are compact, as COCO's are.
+    The annotation files are compact, as COCO's are, and get the umask's
+    permissions (:func:`default_file_mode`), like the images beside them.
 
     Args:
         path: Destination file.
         obj: A JSON-serialisable object.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.write("\n")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomic(path, obj, compact=True, mode=default_file_mode())
 
 
 def encode_jpeg(pixels):
