@@ -24,3 +24,20 @@ def non_negative_int(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
+
+
+def add_set_argument(parser, help_text):
+    """Add the repeatable ``--set KEY=VALUE`` config override (``args.overrides``).
+
+    Args:
+        parser: The verb's ``argparse`` parser.
+        help_text: What the overrides apply to, for ``--help``.
+    """
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )

@@ -8,7 +8,7 @@ handlers raise :class:`~kerasmlic.errors.UsageError` for bad input, which
 
 import argparse
 
-from kerasmlic.cli.args import positive_int
+from kerasmlic.cli.args import add_set_argument, positive_int
 
 
 def add_train_parser(sub):
@@ -37,14 +37,7 @@ def add_train_parser(sub):
     p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
     p.add_argument("--image-size", type=positive_int, default=None, help="input side in px")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/MODEL)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.learning_rate=3e-4 (repeatable)",
-    )
+    add_set_argument(p, "override a config key, e.g. --set train.learning_rate=3e-4 (repeatable)")
     p.add_argument(
         "--strategy",
         choices=("default", "mirrored", "multiworker"),
@@ -170,14 +163,7 @@ def add_reproduce_parser(sub):
         default=None,
         help="epochs per tuning trial (default half the training epochs)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (repeatable)",
-    )
+    add_set_argument(p, "override a config key in every run (repeatable)")
     p.set_defaults(func=cmd_reproduce)
     return p
 

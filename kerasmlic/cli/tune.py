@@ -2,7 +2,7 @@
 
 import argparse
 
-from kerasmlic.cli.args import positive_int
+from kerasmlic.cli.args import add_set_argument, positive_int
 
 
 def add_tune_parser(sub):
@@ -56,14 +56,7 @@ def add_tune_parser(sub):
     mode.add_argument(
         "--resume", action="store_true", help="continue an existing project (same config)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the base training config, e.g. --set data.batch_size=16",
-    )
+    add_set_argument(p, "override a key of the base training config, e.g. --set data.batch_size=16")
     p.set_defaults(func=cmd_tune)
     return p
 

@@ -93,8 +93,7 @@ def class_weighting_supported(model_name):
     """Return whether ``train.class_weighting`` applies to a model.
 
     The model class says so (``supports_class_weighting``: its loss is plain
-    BCE on the logits, which the class-weighted BCE replaces); a class that
-    does not declare it is taken to support it when it is ``bce``.
+    BCE on the logits, which the class-weighted BCE replaces).
 
     Args:
         model_name: A registry name.
@@ -108,7 +107,7 @@ def class_weighting_supported(model_name):
     from kerasmlic.models.registry import get_model_class
 
     cls = get_model_class(model_name)
-    return bool(getattr(cls, "supports_class_weighting", model_name == "bce"))
+    return bool(cls.supports_class_weighting)
 
 
 def class_weighted_models():
