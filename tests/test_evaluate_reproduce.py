@@ -326,3 +326,20 @@ def test_last_epochs_spread_marks_converged_runs_hand_worked():
         name: line for line in table.splitlines() for name in ("bce", "warp") if f"`{name}`" in line
     }
     assert "| 0.40 ✓ |" in rows["bce"] and "| 0.60 ✗ |" in rows["warp"]
+
+
+def test_reproduce_reads_each_models_experiments_config(tmp_path):
+    from kerasmlic.reporting import reproduce
+    from kerasmlic.reporting.results import STUDY_MODELS
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert reproduce.experiments_dir() == os.path.join(repo, "experiments")
+    for name in STUDY_MODELS:
+        expected = os.path.join(repo, "experiments", f"{name}.yaml")
+        assert reproduce.model_config_path(name) == expected
+    with open(os.path.join(repo, "experiments", "seq2seq_attention.yaml")) as f:
+        on_disk = yaml.safe_load(f)
+    config = reproduce.run_config("seq2seq_attention", "unused-data", str(tmp_path))
+    # The yaml's choices, not the package defaults, reach the run.
+    assert config["model"]["encoder"] == on_disk["model"]["encoder"]
+    assert config["model"]["max_regions"] == on_disk["model"]["max_regions"]

@@ -90,8 +90,9 @@ def experiments_dir():
     Returns:
         A path or None.
     """
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "experiments")
+    # kerasmlic/reporting/reproduce.py → the repository root is three levels up.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "experiments")
     return path if os.path.isdir(path) else None
 
 
