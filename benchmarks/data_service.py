@@ -25,8 +25,12 @@ under ``benchmarks/_work/input_pipeline``.
 Each repeat times (a), (b), (c) in alternating ``--slice``-second windows,
 each on a fresh iterator (a new service job) after ``--warmup`` batches,
 until each has run ``--seconds``, so all see the same load from other
-programs. The table shows the best and median images/s over repeats and the
-median CPU milliseconds per image; ratios are against (a).
+programs. After a service window the script waits until that service's
+workers are idle (a released job's buffers full), so their leftover work does
+not take CPU from the next window; each repeat prints the workers' CPU
+seconds spent while the other inputs were timed, which should be ~0. The
+table shows the best and median images/s over repeats and the median CPU
+milliseconds per image; ratios are against (a).
 
 Usage::
 
@@ -77,6 +81,22 @@ def _cpu_of(pids):
         except psutil.Error:
             pass
     return total
+
+
+def _settle(pids, idle_cores=0.05, poll=0.5, timeout=30.0):
+    """Wait until the processes together use under ``idle_cores`` of CPU, or ``timeout`` s.
+
+    A released service job's workers go on filling its buffers for a moment;
+    that work serves no timed image and would take CPU from the next window.
+    """
+    deadline = time.monotonic() + timeout
+    last = _cpu_of(pids)
+    while time.monotonic() < deadline:
+        time.sleep(poll)
+        now = _cpu_of(pids)
+        if now - last < idle_cores * poll:
+            return
+        last = now
 
 
 class Service:
@@ -157,11 +177,17 @@ def run_interleaved(datasets, worker_pids, seconds, warmup, slice_s):
     """Time the streams in alternating ``slice_s`` windows until each ran ``seconds``.
 
     Returns:
-        ``{name: (images per wall second, own CPU ms per image, workers' CPU ms per image)}``.
+        ``({name: (images per wall second, own CPU ms per image, workers' CPU ms per
+        image)}, {service name: its workers' CPU seconds during the other inputs'
+        windows})``. The latter should be ~0: a service's workers still busy
+        (filling the buffers of a released job) would take CPU from the input timed.
     """
     totals = {name: [0, 0.0, 0.0, 0.0] for name in datasets}
+    all_pids = {name: pids for name, pids in worker_pids.items() if pids}
+    stray = dict.fromkeys(all_pids, 0.0)
     while min(t[1] for t in totals.values()) < seconds:
         for name, ds in datasets.items():
+            others = {other: _cpu_of(pids) for other, pids in all_pids.items() if other != name}
             it = iter(ds)
             for _ in range(warmup):
                 next(it)
@@ -174,11 +200,15 @@ def run_interleaved(datasets, worker_pids, seconds, warmup, slice_s):
             t[1] += time.perf_counter() - t0
             t[2] += _own_cpu_seconds() - c0
             t[3] += _cpu_of(pids) - w0
-            del it  # ends the service job, so idle workers do not steal the next window's CPU
-    return {
+            for other, start in others.items():
+                stray[other] += _cpu_of(all_pids[other]) - start
+            del it  # releases the service job
+            _settle(pids)  # ... whose workers finish filling its buffers before the next window
+    rates = {
         name: (n / wall, 1e3 * cpu / max(n, 1), 1e3 * wcpu / max(n, 1))
         for name, (n, wall, cpu, wcpu) in totals.items()
     }
+    return rates, stray
 
 
 def main(argv=None):
@@ -217,7 +247,9 @@ def main(argv=None):
         results = {name: [] for name in datasets}
         for r in range(args.repeats):
             load = os.getloadavg()[0]
-            timed = run_interleaved(datasets, worker_pids, args.seconds, args.warmup, args.slice)
+            timed, stray = run_interleaved(
+                datasets, worker_pids, args.seconds, args.warmup, args.slice
+            )
             for name, row in timed.items():
                 results[name].append(row)
                 rate, own, workers = row
@@ -226,6 +258,11 @@ def main(argv=None):
                     f"  workers {workers:6.2f} CPU-ms/img  (load avg {load:.1f} at start)",
                     flush=True,
                 )
+            print(
+                "  workers' CPU s while other inputs were timed (should be ~0): "
+                + ", ".join(f"{name} {cpu:.1f}" for name, cpu in stray.items()),
+                flush=True,
+            )
     finally:
         for service in services.values():
             service.stop()

@@ -8,9 +8,10 @@ set: ``coco640`` (~1000 COCO-like JPEGs, longer side mostly 640 px) and
 (a) ``kerasmlic.data.pipeline.make_dataset(training=True)`` as a kerasmlic
     model gets it: uint8 pixels out (the model normalises inside itself),
     the default augmentation (no crop, random flip), JPEGs decoded at a
-    reduced DCT scale where the image is 2, 4 or 8 times the target side.
-    Variant rows: DCT scaling off; float32 normalised output (what a plain
-    Keras model asks for); the random resized crop on (area 0.25-1,
+    reduced DCT scale where the image is at least 2, 4 or 8 times the target
+    side. Variant rows: a near-2x rule (``dct_min_fraction=0.9``: the shorter
+    axis may be stretched by up to 11%, an option); DCT scaling off; float32
+    normalised output (what a plain Keras model asks for); the random resized crop on (area 0.25-1,
     ``decode_and_crop_jpeg``), with and without DCT scaling; with
     ``--heavy``, random erasing and RandAugment (each with its CPU cost per
     image against (a)).
@@ -28,14 +29,22 @@ less than wall-clock rates, which are printed too.
 Usage::
 
     .venv/bin/python benchmarks/input_pipeline.py [--images 1000] [--seconds 20] [--repeats 3]
-        [--sizes 224,448] [--datasets coco640,max512] [--heavy] [--only NAMES] [--ops]
+        [--slice 10] [--c-seconds S] [--sizes 224,448] [--datasets coco640,max512]
+        [--goal] [--no-c] [--heavy] [--only NAMES] [--ops]
+
+The goal figures, three repeats per size in about 4 minutes each::
+
+    .venv/bin/python benchmarks/input_pipeline.py --goal --datasets coco640 \
+        --sizes 224 --repeats 3 --seconds 12 --slice 4 --c-seconds 10
 
 Each repeat times the tf.data rows of one (data set, size) in alternating
 ``--slice``-second windows, each on a fresh iterator after ``--warmup``
 batches, until each has run ``--seconds`` (so all see the same load from
-other programs), then each (c) for ``--seconds``. Tables show the best
-repeat, the median and the best images per CPU second; the ratio to (b) is
-also given as the median of per-repeat ratios (interleaved windows).
+other programs), then each (c) for ``--c-seconds`` (default ``--seconds``).
+``--goal`` keeps the rows the goals need ((a), (a) with the exact DCT rule,
+(b), both (c)). Tables show the best repeat, the median and the best images
+per CPU second; (a)/(b) is also given as the median of per-repeat ratios
+(interleaved windows), per CPU second and wall clock.
 
 ``--ops`` instead times single operations on one thread (CPU milliseconds
 per image, best of ``--repeats`` rounds over 300 images, the variants in turn
@@ -44,16 +53,25 @@ and without DCT scaling. This is the measurement behind keeping DCT scaling
 (``preprocessing.decode_for_size``).
 
 Where the time goes (one thread, CPU ms per image, best of 5-9 rounds over
-150-300 of the coco640 JPEGs, measured with ad-hoc tf.data micro-benchmarks at
-load average 6-10 on the shared 2-core machine, so indicative only): full
-``decode_jpeg`` 1.51, the same at 1/2 DCT scale 1.20 (Huffman decoding of
-every coefficient is still needed; the inverse DCT, colour conversion and
-output shrink); decode + cast + resize to 224 + uint8 1.65 from full scale,
-1.42 from 1/2 scale; the whole training map on the images the rule reduces
-(shorter side >= 448) 2.84 without DCT scaling, 2.26 with it. Resizing from
-float32 is faster than from uint8 even counting the cast (so ``resize_image``
-casts first), and a float32 batch is 4x the bytes of a uint8 one to batch and
-copy, hence uint8 out.
+300 of the coco640 JPEGs at 224 px, ad-hoc tf.data micro-benchmarks at load
+average 4-7 on the shared 2-core machine, so directional only): full
+``decode_jpeg`` 1.35-1.6, the same at 1/2 DCT scale 1.2-1.3 (Huffman decoding
+of every coefficient is still needed, so 1/2 saves only 10-20%); after the
+decode, cast + bilinear resize to 224 + uint8 cost +0.45 ms from full scale
+(the cast alone of a 640x427 image ~0.15) and +0.3 from 1/2 scale; the flip
+~0.02; the header read and the scale branches up to ~0.08; parsing labels,
+the per-example seeds and the multi-hot ~0.1-0.15; the 9.6 MB uint8 batch
+buffer is page-faulted anew (~28 minor faults per image, ~0.05-0.1 ms of
+system time here; tcmalloc or ``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_`` avoid most). So with no crop, whatever the decode
+saves, (a) pays ~0.4-0.5 ms (0.3 of a full decode) that (b) does not: the
+no-crop default lands near 0.8-0.85 x (b) at 224 px, and the crop path is
+cheaper than it because ``decode_and_crop_jpeg`` neither IDCTs the pixels
+outside the window nor entropy-decodes the rows below it (and casts a
+smaller array). Resizing from float32 is faster than from uint8 even
+counting the cast (so ``resize_image`` casts first); ``QuantizedResizeBilinear``,
+``crop_and_resize``, ``ImageProjectiveTransformV3`` and nearest-neighbour were
+all slower. A float32 batch is 4x the bytes of a uint8 one, hence uint8 out.
 """
 
 import argparse
@@ -204,8 +222,11 @@ C_THREADS = "(c) PyDataset+PIL, 2 threads"
 C_PROCESSES = "(c) PyDataset+PIL, 2 processes"
 
 # name -> make_dataset keyword arguments (besides the data and size) of the (a) rows.
+A_NEAR = "(a) DCT min_fraction 0.9 (option)"
+
 A_ROWS = {
     A: {"augment": DEFAULT_AUGMENT},
+    A_NEAR: {"augment": DEFAULT_AUGMENT, "dct_min_fraction": 0.9},
     "(a) DCT off": {"augment": DEFAULT_AUGMENT, "dct_scaling": False},
     "(a) float32 out (normalised in tf.data)": {
         "augment": DEFAULT_AUGMENT,
@@ -455,14 +476,22 @@ def run_pydataset(py_ds, seconds, warmup):
 # ---- one block: a data set at one size ----------------------------------------------------------
 
 
+GOAL_ROWS = (A, A_NEAR, B, C_THREADS, C_PROCESSES)
+"""The rows ``--goal`` times: what the issue-12 ratios need, plus the exact DCT rule."""
+
+
 def measure_block(shards, images_dir, size, args):
     """Time every selected row on one data set at one size; return ``{name: [(wall, cpu)]}``."""
     rows = {**A_ROWS, **(HEAVY_ROWS if args.heavy else {})}
+    if args.goal:
+        rows = {name: kw for name, kw in rows.items() if name in GOAL_ROWS}
     tf_configs = {
         name: (lambda kw=kw: kerasmlic_dataset(shards, size, **kw)) for name, kw in rows.items()
     }
     tf_configs[B] = lambda: decode_only_dataset(shards)
     py_configs = {C_THREADS: (2, False), C_PROCESSES: (2, True)}
+    if args.no_c:
+        py_configs = {}
     if args.only:
         keep = [w.strip() for w in args.only.split(",")]
         tf_configs = {k: v for k, v in tf_configs.items() if any(w in k for w in keep)}
@@ -473,7 +502,7 @@ def measure_block(shards, images_dir, size, args):
         timed = run_tf_interleaved(tf_configs, args.seconds, args.warmup, args.slice)
         for name, (workers, processes) in py_configs.items():
             py_ds = make_py_dataset(images_dir, size, workers, processes)
-            timed[name] = run_pydataset(py_ds, args.seconds, 2)
+            timed[name] = run_pydataset(py_ds, args.c_seconds or args.seconds, 2)
         for name, (rate, cpu_rate) in timed.items():
             results[name].append((rate, cpu_rate))
             print(
@@ -511,10 +540,15 @@ def report_block(results, size):
     goals = size == IMAGE_SIZE
     if B in results:
         paired = [ra / rb for (ra, _), (rb, _) in zip(results[A], results[B], strict=True)]
+        paired_cpu = [ca / cb for (_, ca), (_, cb) in zip(results[A], results[B], strict=True)]
         ratio = per_cpu[A] / per_cpu[B]
         print(
-            f"(a)/(b) = {ratio:.2f} per CPU second (best of each); wall clock, median of"
-            f" per-run ratios: {statistics.median(paired):.2f}"
+            f"(a)/(b) = {ratio:.2f} per CPU second (best of each); per CPU second, median of"
+            f" per-run ratios: {statistics.median(paired_cpu):.2f}"
+            f" ({', '.join(f'{x:.2f}' for x in paired_cpu)})"
+        )
+        print(
+            f"          wall clock, median of per-run ratios: {statistics.median(paired):.2f}"
             f" ({', '.join(f'{x:.2f}' for x in paired)})"
         )
         if goals:
@@ -551,24 +585,47 @@ def measure_ops(shards, size, repeats, count=300):
     data = [schema.parse_example(r)[schema.IMAGE_ENCODED].numpy() for r in records]
     seed = tf.constant([1, 2], tf.int64)
 
-    def train_map(dct_scaling, normalization=None):
+    def train_map(dct_scaling, normalization=None, fraction=preprocessing.DCT_MIN_FRACTION):
         return lambda x: preprocessing.preprocess_for_train(
-            x, size, normalization, seed=seed, scale=(1.0, 1.0), dct_scaling=dct_scaling
+            x,
+            size,
+            normalization,
+            seed=seed,
+            scale=(1.0, 1.0),
+            dct_scaling=dct_scaling,
+            dct_min_fraction=fraction,
         )
 
     def reduced(x):
         shape = tf.io.extract_jpeg_shape(x)
-        return int(preprocessing.dct_ratio_index(shape[0], shape[1], size)) > 0
+        index = preprocessing.dct_ratio_index(
+            shape[0], shape[1], size, preprocessing.DCT_MIN_FRACTION
+        )
+        return int(index) > 0
+
+    def resized(ratio):
+        def fn(x):
+            image = preprocessing.resize_image(tf.io.decode_jpeg(x, channels=3, ratio=ratio), size)
+            return preprocessing.quantize_pixels(image, clip=False)
+
+        return fn
 
     subset = [x for x in data if reduced(tf.constant(x))]
     variants = {
         "decode_jpeg, full scale": (data, lambda x: tf.shape(tf.io.decode_jpeg(x, channels=3))),
+        "decode_jpeg, 1/2 scale": (
+            data,
+            lambda x: tf.shape(tf.io.decode_jpeg(x, channels=3, ratio=2)),
+        ),
         "decode_for_size (DCT rule)": (
             data,
             lambda x: tf.shape(preprocessing.decode_for_size(x, size)),
         ),
+        "full decode + cast + resize + uint8": (data, resized(1)),
+        "1/2 decode + cast + resize + uint8": (data, resized(2)),
         "training map, uint8, DCT off": (data, train_map(False)),
-        "training map, uint8, DCT on": (data, train_map(True)),
+        "training map, uint8, DCT on (exact rule)": (data, train_map(True)),
+        "training map, uint8, DCT min_fraction 0.9": (data, train_map(True, fraction=0.9)),
         "training map, float32 unit, DCT on": (data, train_map(True, "unit")),
     }
     if subset:
@@ -599,8 +656,13 @@ def measure_ops(shards, size, repeats, count=300):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--images", type=int, default=1000, help="JPEGs in the data set (generated once, cached)"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per row")
+    parser.add_argument(
+        "--c-seconds", type=float, default=0.0, help="timed seconds per (c) row (default --seconds)"
+    )
     parser.add_argument("--warmup", type=int, default=4, help="batches before timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -612,6 +674,12 @@ def main(argv=None):
     )
     parser.add_argument("--max-side", type=int, default=512, help="max512's --max-side")
     parser.add_argument("--heavy", action="store_true", help="add erasing and RandAugment rows")
+    parser.add_argument(
+        "--goal",
+        action="store_true",
+        help="time only the rows the goals need: (a), (a) DCT min_fraction 0.9, (b), both (c)",
+    )
+    parser.add_argument("--no-c", action="store_true", help="skip the (c) PyDataset rows")
     parser.add_argument(
         "--only", default="", help="comma-separated name substrings to time (diagnosis)"
     )

@@ -88,7 +88,15 @@ def round_robin(fns, warmup, rounds):
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
 
 
-def _train_fn(model, images, multi_hot, seq):
+def train_fn(model, images, multi_hot, seq):
+    """Return a no-argument callable running one ``train_on_batch`` on the fixed batch.
+
+    Args:
+        model: A compiled kerasmlic model.
+        images: The batch's images (NumPy).
+        multi_hot: Its multi-hot labels.
+        seq: Its label sequences (used when the model trains on sequences).
+    """
     targets = {"multi_hot": multi_hot, "sequence": seq} if model.uses_sequences else multi_hot
     x = tf.constant(images)
     y = tf.nest.map_structure(tf.constant, targets)
@@ -146,7 +154,7 @@ def main():
 def time_training(models, names, args, images, multi_hot, seq):
     """Print the training-step table."""
     train = round_robin(
-        {n: _train_fn(m, images, multi_hot, seq) for n, m in models.items()},
+        {n: train_fn(m, images, multi_hot, seq) for n, m in models.items()},
         args.warmup,
         args.rounds,
     )

@@ -212,6 +212,39 @@ def test_dct_scaling_is_skipped_where_max_side_rules_every_reduction_out():
     assert not pipeline.dct_can_reduce({"options": {"max_side": 447}}, 224)
     assert pipeline.dct_can_reduce({"options": {"max_side": None}}, 448)  # unknown sizes
     assert pipeline.dct_can_reduce({}, 448)
+    # With the rule's min_fraction: ceil(2 * 224 * 0.9) = 404.
+    assert pipeline.dct_can_reduce({"options": {"max_side": 404}}, 224, 0.9)
+    assert not pipeline.dct_can_reduce({"options": {"max_side": 403}}, 224, 0.9)
+
+
+def test_training_dct_min_fraction_reduces_images_just_short_of_twice_the_side(data_dir):
+    # Ids 5 and 10 are 24 px high: at 13 px, 1/2 keeps 12 px (0.92 of 13), so the
+    # min_fraction 0.9 reduces them and 1.0 (the default) decodes them at full scale.
+    common = dict(
+        image_size=13, batch_size=12, training=True, with_ids=True, seed=0,
+        augment={"crop_scale": [1, 1], "flip": False},
+    )  # fmt: skip
+    exact = collect(pipeline.make_dataset(data_dir, "train", **common))
+    near = collect(pipeline.make_dataset(data_dir, "train", dct_min_fraction=0.9, **common))
+    for images, ids, equal in ((exact[0], exact[3], True), (near[0], near[3], False)):
+        for image, image_id in zip(images, ids, strict=True):
+            if image_id in (5, 10):
+                evaluated = preprocessing.preprocess_for_eval(encoded_for(image_id), 13).numpy()
+                assert np.array_equal(image, evaluated) is equal, image_id
+
+
+def test_parse_example_keeps_only_the_keys_asked_for():
+    record = schema.make_example(b"jpeg", 7, 4, 5, "a.jpg", [1, 3], [0.5, 0.25], [1, 2])
+    keys = [schema.IMAGE_ENCODED, schema.LABEL_IDS]
+    mapped = tf.data.Dataset.from_tensors(record).map(lambda s: schema.parse_example(s, keys))
+    for parsed in (schema.parse_example(tf.constant(record), keys), next(iter(mapped))):
+        assert sorted(parsed) == sorted(keys)
+        assert parsed[schema.LABEL_IDS].dtype == tf.int32
+        np.testing.assert_array_equal(parsed[schema.LABEL_IDS], [1, 3])
+        assert parsed[schema.IMAGE_ENCODED].numpy() == b"jpeg"
+    full = schema.parse_example(tf.constant(record))
+    assert set(full) == set(schema.FEATURE_SPEC)
+    np.testing.assert_allclose(full[schema.LABEL_AREAS], [0.5, 0.25])
 
 
 def test_repeat_runs_past_one_epoch(data_dir):

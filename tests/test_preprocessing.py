@@ -274,6 +274,21 @@ def test_quantize_pixels_rounds_clips_and_keeps_uint8():
     assert pp.quantize_pixels(pixels) is pixels
 
 
+def test_quantize_pixels_without_clip_is_the_same_on_a_bilinear_resize():
+    # Bilinear resizing mixes uint8 pixels convexly, so the training path skips the clip.
+    image = gradient_image(37, 53)
+    image[::3, ::2] = 255
+    image[1::4, 1::3] = 0
+    for antialias in (False, True):
+        resized = pp.resize_image(image, 16, antialias=antialias)
+        clipped = pp.quantize_pixels(resized).numpy()
+        np.testing.assert_array_equal(pp.quantize_pixels(resized, clip=False).numpy(), clipped)
+        mapped = in_map(lambda x: pp.quantize_pixels(x, clip=False), resized)
+        np.testing.assert_array_equal(mapped, clipped)
+    edges = tf.constant([[-0.49, 0.5, 254.49, 255.49]])
+    np.testing.assert_array_equal(pp.quantize_pixels(edges, clip=False).numpy(), [[0, 1, 254, 255]])
+
+
 @pytest.mark.parametrize("mode", [*pp.NORMALIZATIONS, None])
 def test_to_model_input_is_pixels_or_normalize(mode):
     image = tf.constant(gradient_image(6, 5).astype(np.float32) + 0.25)
@@ -314,11 +329,41 @@ def test_normalization_affine_is_what_normalize_computes(mode):
 )
 def test_dct_ratio_is_the_largest_that_keeps_the_short_side_at_the_target(
     height, width, size, ratio
-):
+):  # min_fraction=1, the exact rule
     index = pp.dct_ratio_index(height, width, size)
     assert pp.DCT_RATIOS[int(index)] == ratio
     mapped = in_map(lambda h, w: pp.dct_ratio_index(h, w, size), height, width)
     assert pp.DCT_RATIOS[int(mapped)] == ratio
+
+
+@pytest.mark.parametrize(
+    "height, width, size, fraction, ratio",
+    [
+        (427, 640, 224, 0.9, 2),  # COCO's 640x427: 213.5 px kept of 224 (>= 0.9)
+        (426, 640, 224, 0.9, 2),
+        (404, 640, 224, 0.9, 2),  # ceil(2 * 224 * 0.9) = 404
+        (403, 640, 224, 0.9, 1),
+        (427, 640, 224, 1.0, 1),
+        (360, 640, 224, 0.75, 2),
+        (360, 640, 224, 0.9, 1),
+        (1613, 2000, 224, 0.9, 8),  # ceil(8 * 224 * 0.9) = 1613
+        (1612, 2000, 224, 0.9, 4),
+        (100, 100, 10, 0.5, 8),
+    ],
+)
+def test_dct_ratio_with_a_min_fraction_lets_the_short_side_fall_that_far_short(
+    height, width, size, fraction, ratio
+):
+    index = pp.dct_ratio_index(height, width, size, fraction)
+    assert pp.DCT_RATIOS[int(index)] == ratio
+    mapped = in_map(lambda h, w: pp.dct_ratio_index(h, w, size, fraction), height, width)
+    assert pp.DCT_RATIOS[int(mapped)] == ratio
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.01])
+def test_dct_ratio_refuses_a_min_fraction_outside_0_1(fraction):
+    with pytest.raises(UsageError, match="min_fraction"):
+        pp.dct_ratio_index(480, 640, 224, fraction)
 
 
 def smooth_image(height, width, seed=0):
@@ -347,6 +392,33 @@ def test_decode_for_size_reduces_a_big_jpeg_and_stays_close_to_full_decode(size,
     assert np.abs(resized_scaled - resized_full).mean() < 2.0
 
 
+@pytest.mark.parametrize("fraction, ratio", [(1.0, 1), (0.9, 2)])
+def test_decode_for_size_min_fraction_picks_the_scale(fraction, ratio):
+    # 200 px short side, 110 px target: 1/2 keeps 100 px, 0.91 of the target.
+    data = jpeg_bytes(smooth_image(200, 300), quality=95)
+    scaled = pp.decode_for_size(data, 110, min_fraction=fraction)
+    assert scaled.shape == (200 // ratio, 300 // ratio, 3)
+    mapped = in_map(lambda b: pp.decode_for_size(b, 110, min_fraction=fraction), data)
+    np.testing.assert_array_equal(mapped, scaled)
+    if ratio == 1:
+        np.testing.assert_array_equal(scaled, pp.decode_image(data))
+
+
+def test_training_map_min_fraction_reaches_the_whole_image_path():
+    data = jpeg_bytes(smooth_image(200, 300))
+    whole = {"scale": (1.0, 1.0), "flip": False, "seed": 1}
+    exact = pp.preprocess_for_train(data, 110, dct_min_fraction=1.0, **whole)
+    np.testing.assert_array_equal(exact, pp.preprocess_for_eval(data, 110))  # full decode
+    near = pp.preprocess_for_train(data, 110, dct_min_fraction=0.9, **whole)  # at 1/2
+    assert near.dtype == tf.uint8 and near.shape == (110, 110, 3)
+    assert not np.array_equal(near, exact)
+    assert np.abs(near.numpy().astype(int) - exact.numpy()).mean() < 3.0
+    np.testing.assert_array_equal(
+        in_map(lambda b: pp.preprocess_for_train(b, 110, dct_min_fraction=0.9, **whole), data),
+        near,
+    )
+
+
 def test_decode_for_size_decodes_png_at_full_scale():
     image = gradient_image(96, 128)
     np.testing.assert_array_equal(pp.decode_for_size(png_bytes(image), 16), image)
@@ -362,7 +434,7 @@ def test_dct_scaled_crop_is_the_window_at_reduced_scale_close_to_the_full_crop()
         seed = tf.constant([s, 2])
         y, x, h, w = pp.random_crop_window(tf.constant([256, 384, 3]), seed=seed).numpy()
         crop = pp.decode_random_crop(data, seed=seed, size=32)
-        ratio = pp.DCT_RATIOS[int(pp.dct_ratio_index(h, w, 32))]
+        ratio = pp.DCT_RATIOS[int(pp.dct_ratio_index(h, w, 32, pp.DCT_MIN_FRACTION))]
         reduced += ratio > 1
         assert crop.dtype == tf.uint8 and crop.shape == (h // ratio, w // ratio, 3)
         mapped = in_map(lambda b, sd=seed: pp.decode_random_crop(b, seed=sd, size=32), data)

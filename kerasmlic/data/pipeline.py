@@ -23,6 +23,7 @@ synchronous training), so it is refused with a :class:`UsageError`.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -131,12 +132,12 @@ def _rank_table(manifest, label_order, order_split, data_dir):
     return targets.class_ranks(label_order, label_counts=counts)
 
 
-def dct_can_reduce(info, image_size):
+def dct_can_reduce(info, image_size, min_fraction=1.0):
     """Whether any image of a split can be decoded at a reduced DCT scale for ``image_size``.
 
     The DCT rule (``preprocessing.dct_ratio_index``) reduces only an image (or
-    crop) whose shorter side is at least twice ``image_size``. A split built
-    with ``--max-side M`` where ``M < 2 * image_size`` has none, so its
+    crop) whose shorter side is at least ``2 * min_fraction * image_size``. A
+    split built with ``--max-side M`` below that has none, so its
     training map skips the header read and the branches that choose the
     scale, which cost about 0.1 ms per image where nothing is reduced (one
     thread, 640-px JPEGs at 448 px, best of 15: ``decode_for_size`` 1.43 ms
@@ -147,13 +148,16 @@ def dct_can_reduce(info, image_size):
     Args:
         info: The split's ``dataset.json`` entry.
         image_size: The training image side.
+        min_fraction: The rule's ``min_fraction`` (``make_dataset``'s
+            ``dct_min_fraction``).
 
     Returns:
         False when the split's recorded ``max_side`` rules a reduction out,
         else True.
     """
     max_side = (info.get("options") or {}).get("max_side")
-    return not (max_side and int(max_side) < 2 * image_size)
+    threshold = math.ceil(2 * image_size * min_fraction - 1e-9)
+    return not (max_side and int(max_side) < threshold)
 
 
 def _check_positive_int(name, value):
@@ -202,6 +206,7 @@ def make_dataset(
     antialias=False,
     dct_method="",
     dct_scaling=True,
+    dct_min_fraction=preprocessing.DCT_MIN_FRACTION,
 ):
     """Build the ``tf.data`` pipeline over a split's TFRecord shards.
 
@@ -258,6 +263,9 @@ def make_dataset(
             the image (or its crop) is at least 2, 4 or 8 times ``image_size``
             (``preprocessing.preprocess_for_train``). Evaluation always
             decodes at full scale, as the exported model does.
+        dct_min_fraction: Share of ``image_size`` a reduced decode's shorter
+            side keeps (``preprocessing.DCT_MIN_FRACTION`` by default; 1 never
+            stretches an axis).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, targets)``: images ``(B, S, S, 3)``,
@@ -283,7 +291,7 @@ def make_dataset(
         _check_positive_int("max_labels", max_labels)
     manifest = manifest_lib.load_manifest(data_dir)
     info = manifest_lib.split_info(manifest, split, data_dir)
-    dct_scaling = dct_scaling and dct_can_reduce(info, image_size)
+    dct_scaling = dct_scaling and dct_can_reduce(info, image_size, dct_min_fraction)
     files = _split_files(data_dir, split, manifest)
     num_classes = len(manifest["classes"])
     rank_table = _rank_table(manifest, label_order, order_split, data_dir)
@@ -338,9 +346,15 @@ def make_dataset(
         return result + (example[schema.IMAGE_ID],) if with_ids else result
 
     op_seed = None if seed is None else seed + (pipeline_id or 0)
+    # Only the features the maps use are parsed (a few microseconds per record less).
+    keys = [schema.IMAGE_ENCODED, schema.LABEL_IDS]
+    if label_order is not None:
+        keys.append(schema.LABEL_AREAS)
+    train_keys = keys + [schema.IMAGE_ID] if with_ids else keys
+    eval_keys = keys + [schema.IMAGE_ID]
 
     def train_map(serialized):
-        example = schema.parse_example(serialized)
+        example = schema.parse_example(serialized, train_keys)
         # A per-example seed pair from a stateful draw: zipping in a Dataset.random
         # stream would hide the shard files from TensorFlow's file auto-sharding.
         seed_pair = tf.random.uniform([2], 0, 2**62, dtype=tf.int64, seed=op_seed)
@@ -356,11 +370,12 @@ def make_dataset(
             antialias=antialias,
             dct_method=dct_method,
             dct_scaling=dct_scaling,
+            dct_min_fraction=dct_min_fraction,
         )
         return output(image, example, order_seed)
 
     def eval_map(serialized):
-        example = schema.parse_example(serialized)
+        example = schema.parse_example(serialized, eval_keys)
         image = preprocessing.preprocess_for_eval(
             example[schema.IMAGE_ENCODED], image_size, normalization, antialias
         )

@@ -23,6 +23,8 @@ or a shape-``[2]`` integer tensor makes the op deterministic (stateless random
 ops). The pipeline passes a per-example seed tensor so a seeded run repeats.
 """
 
+import math
+
 import tensorflow as tf
 
 from kerasmlic.errors import UsageError
@@ -35,6 +37,20 @@ PIXEL_MODES = (None, "raw")
 
 DCT_RATIOS = (1, 2, 4, 8)
 """JPEG decoding scales libjpeg offers (``ratio`` of ``tf.io.decode_jpeg``), ascending."""
+
+DCT_MIN_FRACTION = 1.0
+"""Default share of the target side a reduced JPEG decode must keep (:func:`dct_ratio_index`).
+
+1 (the default) reduces only where the decode still has at least the target
+side on both axes, so the resize only shrinks. Below 1 the shorter side may
+fall slightly short and be stretched by at most ``1 / min_fraction`` on that
+axis: with 0.9 the common COCO sizes 640x427 and 640x426 decode at 1/2 for
+224-px training (213 px kept of 224) instead of at full scale, which saved
+about a tenth of the training map's CPU per image in a measurement taken
+under load (``benchmarks/input_pipeline.py --goal``; not evidence yet). Its
+effect on accuracy has not been measured, so it stays an option
+(``make_dataset(dct_min_fraction=0.9)``), not the default.
+"""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,19 +152,25 @@ def normalize(images, mode="unit"):
     return x
 
 
-def quantize_pixels(image):
+def quantize_pixels(image, clip=True):
     """Round float 0-255 pixels to uint8 (uint8 input is returned as is).
 
     Args:
-        image: float tensor on 0-255 (values outside are clipped), any shape.
+        image: float tensor on 0-255, any shape.
+        clip: Clip to 0-255 first. Pass False only for values known to lie in
+            ``(-0.5, 255.5)``, such as a bilinear resize of uint8 pixels (a
+            convex combination of them, antialiased or not): the result is the
+            same, one pass over the pixels cheaper.
 
     Returns:
         A uint8 tensor of the same shape.
     """
     if image.dtype == tf.uint8:
         return image
+    if clip:
+        image = tf.clip_by_value(image, 0.0, 255.0)
     # Adding 0.5 then truncating rounds half up: one pass fewer than tf.round.
-    return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
+    return tf.cast(image + 0.5, tf.uint8)
 
 
 def to_model_input(image, normalization=None):
@@ -248,24 +270,37 @@ def random_crop_window(image_shape, scale=DEFAULT_SCALE, ratio=DEFAULT_RATIO, se
     return tf.cast(tf.stack([begin[0], begin[1], size[0], size[1]]), tf.int32)
 
 
-def dct_ratio_index(height, width, size):
+def dct_ratio_index(height, width, size, min_fraction=1.0):
     """Pick the JPEG decoding scale for an image (or crop) that will be resized to ``size``.
 
     The largest ratio ``r`` of :data:`DCT_RATIOS` with ``min(height, width) / r
-    >= size``: decoding at ``1/r`` never leaves fewer pixels than the resize
-    needs on either axis, so the resize still only shrinks.
+    >= min_fraction * size``. With ``min_fraction=1`` decoding at ``1/r``
+    never leaves fewer pixels than the resize needs on either axis, so the
+    resize only shrinks; below 1 the shorter side may be stretched by up to
+    ``1 / min_fraction`` (see :data:`DCT_MIN_FRACTION`).
 
     Args:
         height: int tensor (or int), the full-scale height.
         width: int tensor (or int), the full-scale width.
         size: The target side in pixels (Python int).
+        min_fraction: Share of ``size`` the reduced shorter side must keep,
+            in (0, 1].
 
     Returns:
         A scalar int32 tensor, the index of ``r`` in :data:`DCT_RATIOS`
         (0 for full scale).
+
+    Raises:
+        UsageError: ``min_fraction`` outside (0, 1].
     """
+    if not 0.0 < min_fraction <= 1.0:
+        raise UsageError(f"DCT min_fraction must be in (0, 1], got {min_fraction!r}")
     side = tf.minimum(tf.cast(height, tf.int32), tf.cast(width, tf.int32))
-    larger = tf.constant([r * size for r in DCT_RATIOS[1:]], tf.int32)
+    # Integer thresholds computed here (with a little slack for the float product), so
+    # the rule is exact: side >= ceil(r * size * min_fraction).
+    larger = tf.constant(
+        [math.ceil(r * size * min_fraction - 1e-9) for r in DCT_RATIOS[1:]], tf.int32
+    )
     # The ratios ascend, so the count of those that fit is the index of the largest.
     return tf.reduce_sum(tf.cast(side >= larger, tf.int32))
 
@@ -296,34 +331,37 @@ def _decode_jpeg_scaled(image_bytes, index, window=None, dct_method=""):
     return image
 
 
-def decode_for_size(image_bytes, size, dct_method=""):
+def decode_for_size(image_bytes, size, dct_method="", min_fraction=DCT_MIN_FRACTION):
     """Decode a whole image for training at ``size``, a JPEG at a reduced DCT scale.
 
-    A JPEG whose shorter side is at least ``r`` times ``size`` is decoded at
-    ``1/r`` (:func:`dct_ratio_index`); other formats, and smaller JPEGs, at
-    full scale (:func:`decode_image`). Training only: evaluation and serving
-    decode at full scale, so their pixels do not depend on this choice.
+    A JPEG whose shorter side is at least ``r`` times ``min_fraction *
+    size`` is decoded at ``1/r`` (:func:`dct_ratio_index`); other formats,
+    and smaller JPEGs, at full scale (:func:`decode_image`). Training only:
+    evaluation and serving decode at full scale, so their pixels do not
+    depend on this choice.
 
     Args:
         image_bytes: Scalar ``tf.string`` of encoded image bytes.
         size: The side the image will be resized to.
         dct_method: libjpeg IDCT (see :func:`decode_random_crop`).
+        min_fraction: See :func:`dct_ratio_index` and :data:`DCT_MIN_FRACTION`.
 
     Returns:
-        uint8 tensor ``(h, w, 3)``; both sides at least ``size`` when the JPEG
-        was reduced.
+        uint8 tensor ``(h, w, 3)``; both sides at least ``min_fraction *
+        size`` when the JPEG was reduced.
     """
 
-    # Kept because it pays where it applies. Measured on one thread (best of 9,
-    # load ~10 on the shared 2-core machine, so indicative; re-measure with
-    # `benchmarks/input_pipeline.py --ops`): on the benchmark's 640-px JPEGs whose
-    # shorter side is >= 448, the whole training map at 224 px costs 2.26 ms per
-    # image with DCT scaling (decoded at 1/2) against 2.84 ms without; where no
-    # image is reduced (448 px) the header read and branches add ~0.1 ms, which
-    # make_dataset avoids when the split's --max-side rules every reduction out.
+    # Kept because it pays where it applies (one thread, CPU ms per image, 300 of the
+    # benchmark's 640-px JPEGs at 224 px, best of 5-9 rounds at load 4-7 on the shared
+    # 2-core machine, so indicative; re-measure with `benchmarks/input_pipeline.py
+    # --ops`): decode at full scale ~1.45, at 1/2 ~1.25; decode + cast + resize +
+    # uint8 ~1.85 from full scale, ~1.6 from 1/2. The exact rule reduces 45% of
+    # those images (it misses the 640x427 shape); min_fraction 0.9 reduces 65%.
+    # Where no image is reduced (448 px) the header read and branches add ~0.1 ms,
+    # which make_dataset avoids when the split's --max-side rules every reduction out.
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image_bytes)
-        index = dct_ratio_index(shape[0], shape[1], size)
+        index = dct_ratio_index(shape[0], shape[1], size, min_fraction)
         return _decode_jpeg_scaled(image_bytes, index, dct_method=dct_method)
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: decode_image(image_bytes))
@@ -332,7 +370,13 @@ def decode_for_size(image_bytes, size, dct_method=""):
 
 
 def decode_random_crop(
-    image_bytes, scale=DEFAULT_SCALE, ratio=DEFAULT_RATIO, seed=None, dct_method="", size=None
+    image_bytes,
+    scale=DEFAULT_SCALE,
+    ratio=DEFAULT_RATIO,
+    seed=None,
+    dct_method="",
+    size=None,
+    min_fraction=DCT_MIN_FRACTION,
 ):
     """Decode a random crop of an encoded image, decoding only the crop if JPEG.
 
@@ -340,8 +384,8 @@ def decode_random_crop(
     and ``tf.io.decode_and_crop_jpeg`` skips decoding outside it, which is
     cheaper than decoding the whole image; other formats (PNG) are decoded in
     full and then sliced. With a ``size``, a JPEG crop is also decoded at the
-    largest DCT scale that keeps its shorter side at least ``size``
-    (:func:`dct_ratio_index`).
+    largest DCT scale that keeps its shorter side at least ``min_fraction *
+    size`` (:func:`dct_ratio_index`).
 
     Args:
         image_bytes: Scalar ``tf.string`` of JPEG or PNG bytes.
@@ -352,6 +396,7 @@ def decode_random_crop(
             ``"INTEGER_ACCURATE"``).
         size: The side the crop will be resized to, or None to decode at full
             scale.
+        min_fraction: See :func:`dct_ratio_index` and :data:`DCT_MIN_FRACTION`.
 
     Returns:
         uint8 tensor ``(h, w, 3)``, the crop (``1/r`` of its full-scale size
@@ -365,7 +410,7 @@ def decode_random_crop(
             return tf.io.decode_and_crop_jpeg(
                 image_bytes, window, channels=3, dct_method=dct_method
             )
-        index = dct_ratio_index(window[2], window[3], size)
+        index = dct_ratio_index(window[2], window[3], size, min_fraction)
         return _decode_jpeg_scaled(image_bytes, index, window, dct_method)
 
     def full_then_crop():
@@ -398,8 +443,9 @@ def random_resized_crop(
         seed: ``None``, a Python int or a shape-``[2]`` int tensor.
         antialias: See :func:`resize_image`.
         dct_method: See :func:`decode_random_crop`.
-        dct_scaling: Decode a JPEG crop at a reduced DCT scale where it is at
-            least 2, 4 or 8 times ``size`` (see :func:`decode_random_crop`).
+        dct_scaling: Decode a JPEG crop at a reduced DCT scale where it is
+            (by default) at least 2, 4 or 8 times ``size`` (see
+            :func:`decode_random_crop`).
 
     Returns:
         float32 tensor ``(size, size, 3)`` on 0-255.
@@ -453,8 +499,14 @@ def preprocess_for_train(
     antialias=False,
     dct_method="",
     dct_scaling=True,
+    dct_min_fraction=DCT_MIN_FRACTION,
 ):
     """Decode (a random crop, at a reduced DCT scale where it fits), resize once, flip.
+
+    The per-image work after the decode is one float cast, one bilinear
+    resize, the rounding to uint8 (no clip: a bilinear resize of uint8 pixels
+    stays on 0-255) and the flip, on uint8 where it moves a quarter of the
+    bytes.
 
     Args:
         image_bytes: Scalar ``tf.string`` of JPEG or PNG bytes.
@@ -469,8 +521,10 @@ def preprocess_for_train(
         antialias: See :func:`resize_image`.
         dct_method: See :func:`decode_random_crop`.
         dct_scaling: Decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) where
-            the image, or the crop, is at least that many times ``size``
-            (:func:`decode_for_size`, :func:`decode_random_crop`).
+            the image, or the crop, is at least that many times
+            ``dct_min_fraction * size`` (:func:`decode_for_size`, :func:`decode_random_crop`).
+        dct_min_fraction: How near: the share of ``size`` a reduced decode's
+            shorter side keeps (:func:`dct_ratio_index`); 1 never stretches.
 
     Returns:
         ``(size, size, 3)``: uint8 pixels, or float32 normalised.
@@ -479,15 +533,25 @@ def preprocess_for_train(
     if tuple(scale) == (1.0, 1.0):
         # No crop: the whole image, resized once.
         if dct_scaling:
-            image = decode_for_size(image_bytes, size, dct_method)
+            image = decode_for_size(image_bytes, size, dct_method, dct_min_fraction)
         else:
             image = decode_image(image_bytes)
     else:
         image = decode_random_crop(
-            image_bytes, scale, ratio, crop_seed, dct_method, size=size if dct_scaling else None
+            image_bytes,
+            scale,
+            ratio,
+            crop_seed,
+            dct_method,
+            size=size if dct_scaling else None,
+            min_fraction=dct_min_fraction,
         )
+    resized = resize_image(image, size, antialias=antialias)
+    if emits_pixels(normalization):
+        image = quantize_pixels(resized, clip=False)
+    else:
+        image = normalize(resized, normalization)
     # Flipped after the cast to uint8, where it moves a quarter of the bytes.
-    image = to_model_input(resize_image(image, size, antialias=antialias), normalization)
     if flip:
         image = random_flip_left_right(image, flip_seed)
     return image
