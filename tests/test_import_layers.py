@@ -10,7 +10,7 @@ function, under ``if TYPE_CHECKING``. The layers, lowest first::
     evaluation  evaluation/*
     training    training/*
     apps        export/*, tuning/*, reporting/*
-    cli         cli/*, __main__
+    cli         cli/*, __main__, api (the notebook API behind the facade)
 
 A module may import its own layer and the layers below it. Inside one layer
 (data with metrics; export, tuning and reporting) imports may go sideways,
@@ -53,7 +53,7 @@ LAYERS = (
     ("evaluation", ("evaluation",)),
     ("training", ("training",)),
     ("apps", ("export", "tuning", "reporting")),
-    ("cli", ("cli", "__main__")),
+    ("cli", ("cli", "__main__", "api")),
 )
 """``(layer, members)`` lowest first; a member is a module or package under ``kerasmlic``."""
 

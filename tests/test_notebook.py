@@ -94,3 +94,12 @@ def test_quickstart_notebook_runs_at_tiny_settings(tmp_path, monkeypatch):
     # Plots came out as images.
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # contact sheet, curves, served images
+
+
+def test_quickstart_notebook_uses_only_the_public_api():
+    # The notebook is the public API's showcase: `import kerasmlic`, no submodule.
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    imports = re.findall(r"^\s*(?:from|import)\s+(kerasmlic\S*)", code, flags=re.M)
+    assert imports == ["kerasmlic"]
+    assert not re.search(r"\bkerasmlic\.[a-z_]+\.[a-z_]", code)

@@ -9,6 +9,9 @@ training split through :func:`train_dataset`, so they share the same
 pipeline settings (augmentation, label sequences, seed, shuffle buffer) and
 the same train holdout when thresholds are calibrated on one
 (``evaluation.calibration_split: train-holdout``).
+
+The objects themselves (model, optimiser, compile, callbacks) are made from
+these by :mod:`kerasmlic.training.setup`.
 """
 
 import contextlib

@@ -57,7 +57,7 @@ import time
 from kerasmlic.errors import UsageError
 from kerasmlic.evaluation.loading import load_model
 from kerasmlic.evaluation.rundir import RunPaths, read_history
-from kerasmlic.training import builder, rundir
+from kerasmlic.training import builder, rundir, setup
 from kerasmlic.training import config as config_lib
 from kerasmlic.training.calibration import calibrate_for_config
 from kerasmlic.training.strategy import multiworker_strategy
@@ -163,12 +163,8 @@ def train_multiworker(config, *, log=print):
         UsageError: Unsupported options, missing data, a batch that does not
             split evenly, a diverging loss.
     """
-    import keras
-
-    from kerasmlic.models.registry import build_model
-
     config = builder.resolve(config)
-    train_cfg, data_cfg = config["train"], config["data"]
+    train_cfg = config["train"]
     if train_cfg["strategy"] != "multiworker":
         raise UsageError("train_multiworker needs train.strategy=multiworker")
     name = config["model"]["name"]
@@ -183,25 +179,15 @@ def train_multiworker(config, *, log=print):
     # checkpointing pattern) and read only the chief's checkpoints.
     work_dir = run_dir if chief else tempfile.mkdtemp(prefix="kerasmlic-worker-")
     say = log if chief else (lambda *a, **k: None)
-    previous_policy = keras.mixed_precision.global_policy()
     try:
-        if train_cfg["mixed_precision"]:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        with builder.determinism(config):
-            with strategy.scope():
-                model = build_model(
-                    name,
-                    num_classes=len(manifest["classes"]),
-                    image_size=data_cfg["image_size"],
-                    **config_lib.model_settings(config),
-                )
+        with setup.precision_policy(config), builder.determinism(config):
+            model = setup.build_model(config, len(manifest["classes"]), strategy=strategy)
             if chief:
                 resuming = rundir.prepare_run_dir(run_dir, config, data_dir, manifest)
                 say(f"{'resuming' if resuming else 'training'} {name} in {run_dir} on {data_dir}")
             _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, say)
         return run_dir if chief else work_dir
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -297,22 +283,17 @@ def _make_stop_vote(strategy):
 def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_dir, log):
     import tensorflow as tf
 
-    from kerasmlic.data.manifest import class_names, shard_paths
+    from kerasmlic.data.manifest import shard_paths
     from kerasmlic.data.pipeline import workers_from_tf_config
     from kerasmlic.models.encoders import set_encoder_trainable
     from kerasmlic.training import callbacks as cb
-    from kerasmlic.training.optim import make_optimizer
     from kerasmlic.training.sharded_eval import ShardedValidation
 
     start_time = time.time()
     train_cfg, data_cfg, eval_cfg = config["train"], config["data"], config["evaluation"]
-    names = class_names(manifest)
     paths = RunPaths(config["run_dir"])
     global_batch = data_cfg["batch_size"]
     epochs = train_cfg["epochs"]
-    steps_per_epoch = builder.steps_per_epoch(
-        config, builder.train_examples(config, data_dir, train_info)
-    )
     num_workers = workers_from_tf_config()
     num_files = len(shard_paths(data_dir, data_cfg["train_split"], manifest))
     policy, message = describe_sharding(
@@ -320,12 +301,16 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     )
     log(message)
     # Global batches: experimental_distribute_dataset rebatches them per replica.
-    ds = builder.train_dataset(
-        config, model, data_dir, shard_policy=policy, num_workers=num_workers
+    prepared = setup.prepare_training(
+        config,
+        model,
+        (data_dir, manifest, train_info),
+        shard_policy=policy,
+        num_workers=num_workers,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(ds))
+    names, steps_per_epoch = prepared.class_names, prepared.steps_per_epoch
+    iterator = iter(strategy.experimental_distribute_dataset(prepared.train_ds))
     phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
-    loss = builder.class_weighted_loss(config, train_info)
 
     with strategy.scope():
         metrics = builder.fit_metrics(len(names))
@@ -357,10 +342,10 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
     validation = ShardedValidation(
         strategy, data_dir, data_cfg["val_split"], batch_size=eval_cfg["batch_size"], log=log
     )
-    evaluation = cb.MultiLabelEvaluation(
-        validation,
+    evaluation = setup.validation_callback(
+        config,
         names,
-        every=eval_cfg["every"],
+        validation,
         best_path=paths.best if chief else None,
         log=log,
         final_epoch=epochs,
@@ -396,17 +381,18 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
                     f"phase {index + 1}: epochs {first + 1}-{last}, encoder "
                     f"{'fine-tuned' if trainable else 'frozen'}"
                 )
-        phase_cfg = dict(train_cfg)
-        if trainable and train_cfg["fine_tune_learning_rate"] is not None:
-            phase_cfg["learning_rate"] = train_cfg["fine_tune_learning_rate"]
         # A fresh optimiser over this phase's trainable variables, with the
         # phase's own schedule, created in the scope so its slots mirror.
-        with strategy.scope():
-            model.compile(
-                optimizer=make_optimizer(phase_cfg, steps_per_epoch, last - first), loss=loss
-            )
-            optimizer = model.optimizer
-            optimizer.build(model.trainable_variables)
+        optimizer = setup.compile_model(
+            model,
+            config,
+            steps_per_epoch,
+            last - first,
+            trainable=trainable,
+            loss=prepared.loss,
+            strategy=strategy,
+            step_driver=True,
+        )
         checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=epoch_var, stopped=stopped_var
         )

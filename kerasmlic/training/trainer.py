@@ -19,20 +19,13 @@ validation split, and write ``summary.json`` last.
 import os
 import time
 
-from kerasmlic.data.manifest import class_names, write_json_atomic
+from kerasmlic.data.manifest import write_json_atomic
 from kerasmlic.errors import UsageError
 from kerasmlic.evaluation.loading import load_model
 from kerasmlic.evaluation.rundir import RunPaths, read_history
-from kerasmlic.training import builder, rundir
+from kerasmlic.training import builder, rundir, setup
 from kerasmlic.training import config as config_lib
 from kerasmlic.training.calibration import calibrate_for_config
-
-
-def _have_tensorboard():
-    # tf.summary needs the tensorboard package, which TensorFlow 2.21 no longer pulls in.
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def train_fit(config, *, log=print):
@@ -68,86 +61,49 @@ def train_fit(config, *, log=print):
     builder.check_options(config, manifest, data_dir)
     config["run_dir"] = config["run_dir"] or builder.default_run_dir(config)
 
-    import keras
-
-    previous_policy = keras.mixed_precision.global_policy()
-    try:
-        if config["train"]["mixed_precision"]:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        with builder.determinism(config):
-            # The model is built before the run dir is touched, so a config the
-            # model rejects (e.g. an image size) leaves nothing half-made behind.
-            strategy, model = _build(config, manifest)
-            resuming = rundir.prepare_run_dir(config["run_dir"], config, data_dir, manifest)
-            log(
-                f"{'resuming' if resuming else 'training'} {name} in {config['run_dir']} "
-                f"on {data_dir}"
-            )
-            return _train(config, strategy, model, data_dir, manifest, train_info, log)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    with setup.precision_policy(config), builder.determinism(config):
+        # The model is built before the run dir is touched, so a config the
+        # model rejects (e.g. an image size) leaves nothing half-made behind.
+        strategy, model = _build(config, manifest)
+        resuming = rundir.prepare_run_dir(config["run_dir"], config, data_dir, manifest)
+        log(f"{'resuming' if resuming else 'training'} {name} in {config['run_dir']} on {data_dir}")
+        data = (data_dir, manifest, train_info)
+        return _train(config, strategy, model, setup.prepare_training(config, model, data), log)
 
 
 def _build(config, manifest):
-    from kerasmlic.models.registry import build_model
     from kerasmlic.training.strategy import make_strategy
 
     strategy = make_strategy(config["train"]["strategy"])
-    with strategy.scope():
-        model = build_model(
-            config["model"]["name"],
-            num_classes=len(manifest["classes"]),
-            image_size=config["data"]["image_size"],
-            **config_lib.model_settings(config),
-        )
-    return strategy, model
+    return strategy, setup.build_model(config, len(manifest["classes"]), strategy=strategy)
 
 
-def _train(config, strategy, model, data_dir, manifest, train_info, log):
-    import keras
-
-    from kerasmlic.data.pipeline import read_split_labels
-    from kerasmlic.evaluation.predict import predict_split
+def _train(config, strategy, model, prepared, log):
     from kerasmlic.models.encoders import set_encoder_trainable
     from kerasmlic.training import callbacks as cb
-    from kerasmlic.training.optim import make_optimizer
 
     start_time = time.time()
     data_cfg, train_cfg, eval_cfg = config["data"], config["train"], config["evaluation"]
     paths = RunPaths(config["run_dir"])
-    names = class_names(manifest)
-    options = config_lib.model_settings(config)
-    train_ds = builder.train_dataset(config, model, data_dir)
-    num_train = builder.train_examples(config, data_dir, train_info)
-    steps_per_epoch = builder.steps_per_epoch(config, num_train)
+    names = prepared.class_names
+    data_dir, train_ds = prepared.data_dir, prepared.train_ds
+    steps_per_epoch = prepared.steps_per_epoch
     if builder.train_holdout(config) is not None:
         log(
-            f"training on {num_train} of {train_info['num_examples']} train images; the rest "
-            f"({100 * eval_cfg['holdout_fraction']:g}%) is held out to calibrate thresholds"
+            f"training on {prepared.num_train} of {prepared.train_info['num_examples']} train "
+            f"images; the rest ({100 * eval_cfg['holdout_fraction']:g}%) is held out to "
+            "calibrate thresholds"
         )
-    val_labels = read_split_labels(data_dir, data_cfg["val_split"])
-
-    def predict_val(m):
-        out = predict_split(
-            m,
-            data_dir,
-            data_cfg["val_split"],
-            batch_size=eval_cfg["batch_size"],
-            labels=val_labels,
-        )
-        return out["y_true"], out["scores"], out["predicted"]
-
-    evaluation = cb.MultiLabelEvaluation(
-        predict_val,
+    evaluation = setup.validation_callback(
+        config,
         names,
-        every=eval_cfg["every"],
+        setup.val_predictor(config, data_dir),
         best_path=paths.best,
         log=log,
         final_epoch=train_cfg["epochs"],
     )
-    loss = builder.class_weighted_loss(config, train_info)
     state = rundir.read_state(paths.root)
-    phases = builder.phase_plan(train_cfg, options)
+    phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
     verbose = builder.fit_verbosity(train_cfg["verbose"])
     for index, (first, last, trainable) in enumerate(phases):
         if index < state["phases_done"] or state.get("stopped_early_at"):
@@ -160,47 +116,22 @@ def _train(config, strategy, model, data_dir, manifest, train_info, log):
                 f"phase {index + 1}: epochs {first + 1}-{last}, encoder "
                 f"{'fine-tuned' if trainable else 'frozen'}"
             )
-        phase_cfg = dict(train_cfg)
-        if trainable and train_cfg["fine_tune_learning_rate"] is not None:
-            phase_cfg["learning_rate"] = train_cfg["fine_tune_learning_rate"]
-        with strategy.scope():
-            model.compile(
-                optimizer=make_optimizer(phase_cfg, steps_per_epoch, last - first),
-                loss=loss,
-                metrics=builder.fit_metrics(len(names)),
-                jit_compile=train_cfg["jit_compile"],
-            )
+        setup.compile_model(
+            model,
+            config,
+            steps_per_epoch,
+            last - first,
+            trainable=trainable,
+            loss=prepared.loss,
+            num_classes=len(names),
+            strategy=strategy,
+        )
         backup = paths.backup_dir(index)
         restart = rundir.backup_epoch(backup)
         rundir.trim_history(paths.history, first if restart is None else restart)
         if restart is not None:
             log(f"restoring the backup of epoch {restart} from {backup}")
-        callbacks = [
-            cb.StopOnNaN(),
-            cb.AverageReplicaStatistics(),
-            cb.LearningRateLogger(),
-            evaluation,
-        ]
-        stopper = None
-        if train_cfg["early_stopping_patience"]:
-            stopper = cb.EarlyStopOnValMAP(
-                evaluation, train_cfg["early_stopping_patience"], paths.history, log=log
-            )
-            callbacks.append(stopper)
-        callbacks += [
-            cb.EpochTimer(),
-            # The history row goes before the backup: a kill in between leaves a
-            # row that trim_history drops on resume, never a missing one.
-            keras.callbacks.CSVLogger(paths.history, append=True),
-            cb.LastWeights(os.path.join(paths.checkpoints, "last.weights.h5")),
-            keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
-        ]
-        if _have_tensorboard():
-            callbacks.append(
-                keras.callbacks.TensorBoard(paths.logs, write_graph=False, profile_batch=0)
-            )
-        elif index == 0:
-            log("TensorBoard logs skipped: the tensorboard package is not installed")
+        callbacks, stopper = setup.run_callbacks(config, evaluation, paths, index, log=log)
         model._initial_epoch = None  # a restored epoch must not leak into the next phase
         model.fit(
             train_ds,

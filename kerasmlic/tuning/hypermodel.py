@@ -1,13 +1,13 @@
 """The keras-tuner ``HyperModel``: a trial is a training config, trained like ``train``.
 
 ``build(hp)`` writes the trial's values into the base config
-(:func:`kerasmlic.tuning.space.trial_config`) and calls the same model
-factory as ``kerasmlic train`` (``kerasmlic.models.registry.build_model``).
-``fit(hp, model, ...)`` trains it the way ``train`` does: the same training
-stream (:func:`kerasmlic.training.builder.train_dataset`), AdamW with
-warm-up + cosine decay (``make_optimizer``), class weighting for ``bce``, the
-NaN stop, and ``MultiLabelEvaluation``, which predicts the whole validation
-split after every epoch and puts the package's own ``val_mAP``
+(:func:`kerasmlic.tuning.space.trial_config`) and builds the model the way
+``kerasmlic train`` does (:func:`kerasmlic.training.setup.build_model`).
+``fit(hp, model, ...)`` trains it with the objects ``train`` uses, made by
+:mod:`kerasmlic.training.setup`: the same training stream, AdamW with
+warm-up + cosine decay, class weighting for ``bce``, the NaN stop, and
+``MultiLabelEvaluation``, which predicts the whole validation split after
+every epoch and puts the package's own ``val_mAP``
 (``kerasmlic.metrics.evaluate_predictions``) into the epoch logs: that is the
 objective keras-tuner reads, not a streaming approximation.
 
@@ -15,15 +15,12 @@ A trial trains in one phase: ``train.freeze_encoder_epochs`` applies when the
 best config is trained with ``kerasmlic train``.
 """
 
-import contextlib
-
 import keras_tuner
 import tensorflow as tf
 
 from kerasmlic.data.manifest import class_names
-from kerasmlic.training import builder
-from kerasmlic.training import config as config_lib
-from kerasmlic.training.builder import check_data, class_weighted_loss, fit_verbosity
+from kerasmlic.training import setup
+from kerasmlic.training.builder import check_data, fit_verbosity
 from kerasmlic.tuning import space as space_lib
 
 OBJECTIVE = "val_mAP"
@@ -51,20 +48,11 @@ def build_config_model(config, num_classes):
     """
     import keras
 
-    from kerasmlic.models.registry import build_model
-
     keras.utils.set_random_seed(config["train"]["seed"])
     if config["train"]["deterministic"]:
-        import tensorflow as tf
-
         # Process-wide and left on: a study's trials all run deterministically.
         tf.config.experimental.enable_op_determinism()
-    return build_model(
-        config["model"]["name"],
-        num_classes=num_classes,
-        image_size=config["data"]["image_size"],
-        **config_lib.model_settings(config),
-    )
+    return setup.build_model(config, num_classes)
 
 
 class KerasmlicHyperModel(keras_tuner.HyperModel):
@@ -128,23 +116,11 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
 
     def _predict_val(self, config):
         from kerasmlic.data.pipeline import read_split_labels
-        from kerasmlic.evaluation.predict import predict_split
 
-        split = config["data"]["val_split"]
+        # Read once: every trial predicts the same split.
         if self._val_labels is None:
-            self._val_labels = read_split_labels(self.data_dir, split)
-
-        def predict(model):
-            out = predict_split(
-                model,
-                self.data_dir,
-                split,
-                batch_size=config["evaluation"]["batch_size"],
-                labels=self._val_labels,
-            )
-            return out["y_true"], out["scores"], out["predicted"]
-
-        return predict
+            self._val_labels = read_split_labels(self.data_dir, config["data"]["val_split"])
+        return setup.val_predictor(config, self.data_dir, labels=self._val_labels)
 
     def fit(self, hp, model, *args, callbacks=None, epochs=1, initial_epoch=0, **kwargs):
         """Train the trial's model; ``val_mAP`` is in the logs of every epoch.
@@ -168,38 +144,32 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
                 fails, the search goes on).
         """
         from kerasmlic.training import callbacks as cb
-        from kerasmlic.training.optim import make_optimizer
 
         config = self.config_for(hp)
-        train_ds = builder.train_dataset(config, model, self.data_dir)
-        steps = builder.steps_per_epoch(
-            config, builder.train_examples(config, self.data_dir, self.train_info)
+        prepared = setup.prepare_training(
+            config, model, (self.data_dir, self.manifest, self.train_info)
         )
-        with contextlib.ExitStack() as stack:
-            if self.strategy is not None:
-                stack.enter_context(self.strategy.scope())
-            model.compile(
-                optimizer=make_optimizer(config["train"], steps, max(1, epochs - initial_epoch)),
-                loss=class_weighted_loss(config, self.train_info),
-                jit_compile=config["train"]["jit_compile"],
-            )
-        evaluation = cb.MultiLabelEvaluation(
-            self._predict_val(config), self.class_names, every=1, best_path=None, log=self.log
+        steps = prepared.steps_per_epoch
+        setup.compile_model(
+            model,
+            config,
+            steps,
+            max(1, epochs - initial_epoch),
+            loss=prepared.loss,
+            strategy=self.strategy,
+        )
+        # Every epoch is scored (keras-tuner reads each), no model is kept.
+        evaluation = setup.validation_callback(
+            config, self.class_names, self._predict_val(config), every=1, log=self.log
         )
         verbose = kwargs.get("verbose", fit_verbosity(config["train"]["verbose"]))
         try:
             return model.fit(
-                train_ds,
+                prepared.train_ds,
                 epochs=epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
-                callbacks=[
-                    cb.StopOnNaN(),
-                    cb.AverageReplicaStatistics(),
-                    cb.LearningRateLogger(),
-                    evaluation,
-                    *(callbacks or []),
-                ],
+                callbacks=[*setup.fit_callbacks(evaluation), *(callbacks or [])],
                 verbose=verbose,
                 shuffle=False,
             )

@@ -339,18 +339,14 @@ def tune(
             f"{settings['factor']}, has no successive halving and runs very few trials; raise "
             "--epochs or use --tuner random"
         )
-    import keras
-
     from kerasmlic.training.builder import fit_verbosity
+    from kerasmlic.training.setup import precision_policy
     from kerasmlic.tuning.hypermodel import KerasmlicHyperModel
     from kerasmlic.tuning.tuners import make_tuner
 
     strategy = _strategy(base)
     hypermodel = KerasmlicHyperModel(base, specs, strategy=strategy, log=log)
-    previous_policy = keras.mixed_precision.global_policy()
-    try:
-        if base["train"]["mixed_precision"]:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+    with precision_policy(base):
         search = make_tuner(
             settings["tuner"],
             hypermodel,
@@ -389,8 +385,6 @@ def tune(
             log(f"worker {distributed.tuner_id()}: done, ran {ran} trial(s)")
             return {"role": role, "project_dir": folder, "trials_run": ran}
         return _write_results(search, hypermodel, base, settings, specs, folder, role, log)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _write_results(search, hypermodel, base, settings, specs, folder, role, log):
