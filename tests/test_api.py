@@ -44,7 +44,8 @@ def test_every_public_name_resolves_and_is_listed():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return tiny_shards(str(tmp_path_factory.getbasetemp() / "tiny-data"), train=16, val=8)
+    # Its own folder: tiny_shards reuses a built folder, and other modules want 64/32 there.
+    return tiny_shards(str(tmp_path_factory.getbasetemp() / "api-tiny-data"), train=16, val=8)
 
 
 def test_a_notebook_fit_through_the_api(shards, tmp_path):
