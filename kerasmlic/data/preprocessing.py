@@ -45,10 +45,10 @@ DCT_MIN_FRACTION = 1.0
 side on both axes, so the resize only shrinks. Below 1 the shorter side may
 fall slightly short and be stretched by at most ``1 / min_fraction`` on that
 axis: with 0.9 the common COCO sizes 640x427 and 640x426 decode at 1/2 for
-224-px training (213 px kept of 224) instead of at full scale, which saved
-about a tenth of the training map's CPU per image in a measurement taken
-under load (``benchmarks/input_pipeline.py --goal``; not evidence yet). Its
-effect on accuracy has not been measured, so it stays an option
+224-px training (213 px kept of 224) instead of at full scale. On a quiet
+machine that gained 1.3% images per CPU-second, within run-to-run spread
+(``benchmarks/input_pipeline.py --goal``, 224 px, best of 3: 581.6 against
+574.2), and its effect on accuracy is not measured, so it stays an option
 (``make_dataset(dct_min_fraction=0.9)``), not the default.
 """
 
