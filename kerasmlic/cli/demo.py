@@ -33,7 +33,7 @@ FALLBACK_CONFIG = {
         "max_regions": 16,
     },
     "data": {"image_size": 64, "batch_size": 32},
-    "train": {"epochs": 15, "learning_rate": 2e-3, "warmup_epochs": 0.5},
+    "train": {"epochs": 18, "learning_rate": 2e-3, "warmup_epochs": 0.5},
 }
 
 

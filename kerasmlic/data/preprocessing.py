@@ -351,14 +351,14 @@ def decode_for_size(image_bytes, size, dct_method="", min_fraction=DCT_MIN_FRACT
         size`` when the JPEG was reduced.
     """
 
-    # Kept because it pays where it applies (one thread, CPU ms per image, 300 of the
-    # benchmark's 640-px JPEGs at 224 px, best of 5-9 rounds at load 4-7 on the shared
-    # 2-core machine, so indicative; re-measure with `benchmarks/input_pipeline.py
-    # --ops`): decode at full scale ~1.45, at 1/2 ~1.25; decode + cast + resize +
-    # uint8 ~1.85 from full scale, ~1.6 from 1/2. The exact rule reduces 45% of
-    # those images (it misses the 640x427 shape); min_fraction 0.9 reduces 65%.
-    # Where no image is reduced (448 px) the header read and branches add ~0.1 ms,
-    # which make_dataset avoids when the split's --max-side rules every reduction out.
+    # Kept because it pays where it applies (`benchmarks/input_pipeline.py --ops`, one
+    # thread, CPU ms per image, 300 of the benchmark's 640-px JPEGs at 224 px, 3 quiet
+    # runs): on the images it reduces, the whole training map costs ~1.77 instead of
+    # ~1.98; over all of them 1.60-1.62 against 1.67-1.70 with it off. The exact rule
+    # reduces 45% of those images (it misses the 640x427 shape); min_fraction 0.9
+    # reduces 65% for another ~3%. Where no image is reduced (448 px) the header read
+    # and branches add ~0.1 ms, which make_dataset avoids when the split's --max-side
+    # rules every reduction out.
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image_bytes)
         index = dct_ratio_index(shape[0], shape[1], size, min_fraction)
