@@ -22,22 +22,20 @@ records in ``OUT`` are reused and an interrupted run resumes, so running the
 command again after a crash only does what is left.
 
 Sizing of the built-in study (:data:`STUDY_SIZE`): 2000 train / 500 val /
-1000 test images at 64 px, 16 epochs per training, 4 rates × 4 epochs of
-tuning per model, 3 seeds (``experiments/README.md``)::
+1000 test images at 64 px, batch 16, 16 epochs per training, 4 rates × 3
+epochs of tuning per model, 3 seeds (``experiments/README.md``)::
 
     kerasmlic synth data/study --train 2000 --val 500 --test 1000
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
-    kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 16 --tune-epochs 4 \
-        --out runs/study
+    kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 16 --tune-epochs 3 \
+        --set data.batch_size=16 --out runs/study
 
-Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 114 min of
-wall time without a 16-min suspension, 158 min of process CPU time. Per model
-(tuning + 3 trainings + 3 test evaluations) 7.5-12.5 min, ``label_query``
-about 19 (15 s per epoch against 6-7 for the others). Part of the run shared
-the cores with jobs at ``nice 19``, so an idle machine is somewhat faster;
-still above the 90 min the issue asked for. Not every run's last three val
-mAPs lie within 0.5 point at 16 epochs (``experiments/results.md``).
+Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 106 min of
+running (146.4 min wall with 40.4 min suspended), 160 min of CPU time; about 7
+min per model, ``label_query`` about 17. Above the 90 min the issue asked for,
+and only 10 of the 33 runs have their last three val mAPs within 0.5 point at
+16 epochs (``experiments/results.md``): most curves still rise.
 """
 
 import copy
@@ -63,8 +61,9 @@ STUDY_SIZE = {
     "val": 500,
     "test": 1000,
     "image_size": 64,
+    "batch_size": 16,
     "epochs": 16,
-    "tune_epochs": 4,
+    "tune_epochs": 3,
     "rates": len(DEFAULT_RATES),
     "seeds": 3,
 }
