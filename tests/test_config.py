@@ -73,6 +73,7 @@ def test_model_shorthand_and_model_option_overrides():
         ("train.use_ema=1", "expects bool"),
         ("train.strategy=horovod", "is not one of default, mirrored, multiworker"),
         ("train.ema_momentum=1.5", "must be in [0, 1)"),
+        ("train.bn_momentum=1", "must be in [0, 1)"),
         ("data.batch_size=null", "needs a value"),
         ("train.epochs", "--set expects KEY=VALUE"),
         ("train.early_stopping_patience=-1", "must be"),

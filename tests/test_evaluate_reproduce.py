@@ -343,3 +343,35 @@ def test_reproduce_reads_each_models_experiments_config(tmp_path):
     # The yaml's choices, not the package defaults, reach the run.
     assert config["model"]["encoder"] == on_disk["model"]["encoder"]
     assert config["model"]["max_regions"] == on_disk["model"]["max_regions"]
+
+
+def test_make_study_runs_the_recorded_study_size():
+    """`make study` carries reproduce.STUDY_SIZE: the sizing the docs quote is the one it runs."""
+    import shutil
+    import subprocess
+
+    from kerasmlic.reporting.reproduce import DEFAULT_RATES, STUDY_SIZE
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dry = subprocess.run(
+        ["make", "-n", "-B", "study"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.replace("\\\n", " ")
+    size = STUDY_SIZE
+    synth = f"--train {size['train']} --val {size['val']} --test {size['test']}"
+    assert f"{synth} --seed {size['synth_seed']}" in dry
+    reproduce = next(line for line in dry.splitlines() if "kerasmlic reproduce" in line)
+    for part in (
+        f"--seeds {size['seeds']}",
+        f"--epochs {size['epochs']}",
+        f"--tune-epochs {size['tune_epochs']}",
+        f"data.batch_size={size['batch_size']}",
+        f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
+    ):
+        assert part in reproduce, part
+    assert "--rates" not in reproduce and size["rates"] == len(DEFAULT_RATES)
+    assert (
+        size["image_size"]
+        == yaml.safe_load(open(os.path.join(root, "experiments", "bce.yaml")))["data"]["image_size"]
+    )

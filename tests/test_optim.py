@@ -1,4 +1,4 @@
-"""The optimiser's schedule: warm-up by epochs or as a fraction of the run."""
+"""The training recipe: the schedule (warm-up by epochs or fraction) and BatchNorm momentum."""
 
 import keras
 import pytest
@@ -24,3 +24,35 @@ def test_warmup_fraction_of_the_run_overrides_warmup_epochs():
     train["warmup_fraction"] = None  # back to epochs: 50 warm-up steps
     optimizer = make_optimizer(train, steps_per_epoch=10, epochs=10)
     assert _rate(optimizer, 25) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("momentum, expected", [(None, 0.9), (0.99, 0.99)])
+def test_bn_momentum_sets_every_batchnorm_and_the_moving_mean_follows_it(momentum, expected):
+    import numpy as np
+
+    from kerasmlic.training import config as config_lib
+    from kerasmlic.training.setup import build_model
+
+    config = config_lib.load_config(
+        None,
+        [f"train.bn_momentum={'null' if momentum is None else momentum}"],
+        **{"model.name": "bce", "model.encoder": "small", "data.image_size": 32},
+    )
+    model = build_model(config, num_classes=5)
+    found, pending = [], [model]
+    while pending:  # the encoder's CNN is a model nested in the encoder model
+        layer = pending.pop()
+        found.append(layer)
+        pending.extend(getattr(layer, "layers", ()))
+    norms = {x.name: x for x in found if isinstance(x, keras.layers.BatchNormalization)}
+    assert len(norms) == 7 and {x.momentum for x in norms.values()} == {expected}
+    # One training-mode batch: moving_mean <- m * moving_mean + (1 - m) * batch mean.
+    stem = norms["stem_bn"]
+    inputs = keras.Input((16, 16, 32))
+    probe = keras.Model(inputs, stem(inputs))
+    x = np.random.default_rng(0).normal(3.0, 1.0, (4, 16, 16, 32)).astype("float32")
+    before = keras.ops.convert_to_numpy(stem.moving_mean)
+    probe(x, training=True)
+    after = keras.ops.convert_to_numpy(stem.moving_mean)
+    want = expected * before + (1 - expected) * x.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(after, want, rtol=1e-4, atol=1e-5)

@@ -563,6 +563,37 @@ def get_encoder(model):
         raise UsageError(f"model {model.name!r} has no {ENCODER_LAYER_NAME!r} layer") from err
 
 
+def set_batchnorm_momentum(model, momentum):
+    """Set the moving-statistics momentum of every BatchNormalization layer in a model.
+
+    The moving mean and variance a model is evaluated and served with are an
+    exponential average over training batches, ``momentum`` per step: at 0.9
+    they rest on the last ~10 batches, at 0.99 (Keras' default) on the last
+    ~100. Set before the model is compiled (the train step reads it when traced).
+
+    Args:
+        model: A Keras model; nested sub-models (the encoder) are searched too.
+        momentum: A float in [0, 1).
+
+    Returns:
+        The number of BatchNormalization layers set.
+
+    Example:
+        >>> model = BCEModel(num_classes=80, image_size=64, encoder="small")
+        >>> set_batchnorm_momentum(model, 0.99)
+        7
+    """
+    count = 0
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+        pending.extend(getattr(layer, "layers", ()))
+    return count
+
+
 def set_encoder_trainable(model, trainable):
     """Freeze or unfreeze a model's encoder (train head first, then fine-tune).
 

@@ -57,12 +57,14 @@ DEFAULT_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 TUNING_RECORD = "tuning.json"
 
 STUDY_SIZE = {
-    "train": 2000,
+    "train": 1000,
     "val": 500,
     "test": 1000,
+    "synth_seed": 1,
     "image_size": 64,
     "batch_size": 16,
-    "epochs": 16,
+    "epochs": 24,
+    "min_learning_rate_ratio": 0.0,
     "tune_epochs": 3,
     "rates": len(DEFAULT_RATES),
     "seeds": 3,

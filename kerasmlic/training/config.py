@@ -72,6 +72,10 @@ DEFAULTS = {
         "global_clipnorm": 1.0,  # 0 disables clipping
         "use_ema": False,  # exponential moving average of the weights (evaluated, saved)
         "ema_momentum": 0.99,
+        # Momentum of every BatchNormalization layer's moving statistics; None: as
+        # built (0.9 in tiny/small, which settles in a few hundred steps but makes
+        # the evaluated model depend on the last ~10 batches; see CHANGELOG.md).
+        "bn_momentum": None,
         "mixed_precision": False,  # mixed_float16
         "jit_compile": False,  # XLA
         "freeze_encoder_epochs": 0,  # train the head with the encoder frozen first
@@ -105,6 +109,7 @@ _NULLABLE_TYPES = {
     ("train", "steps_per_epoch"): (int,),
     ("train", "fine_tune_learning_rate"): (float,),
     ("train", "warmup_fraction"): (float,),
+    ("train", "bn_momentum"): (float,),
     ("run_dir",): (str,),
 }
 _POSITIVE = {
@@ -132,6 +137,7 @@ _NON_NEGATIVE = {
 _UNIT_INTERVAL = {
     ("train", "warmup_fraction"),
     ("train", "ema_momentum"),
+    ("train", "bn_momentum"),
     ("train", "class_balanced_beta"),
     ("data", "augment", "erasing"),
     ("evaluation", "holdout_fraction"),

@@ -84,15 +84,19 @@ def build_model(config, num_classes, *, strategy=None):
     Raises:
         UsageError: Unknown model or option, or an image size the backbone rejects.
     """
+    from kerasmlic.models.encoders import set_batchnorm_momentum
     from kerasmlic.models.registry import build_model as registry_build_model
 
     with _scope(strategy):
-        return registry_build_model(
+        model = registry_build_model(
             config["model"]["name"],
             num_classes=num_classes,
             image_size=config["data"]["image_size"],
             **config_lib.model_settings(config),
         )
+    if config["train"]["bn_momentum"] is not None:
+        set_batchnorm_momentum(model, config["train"]["bn_momentum"])
+    return model
 
 
 def val_dataset(config, model, data_dir):
