@@ -21,21 +21,20 @@ means and ``seed_error_bars.png``. Finished runs, evaluations and tuning
 records in ``OUT`` are reused and an interrupted run resumes, so running the
 command again after a crash only does what is left.
 
-Sizing of the built-in study (:data:`STUDY_SIZE`): 2000 train / 500 val /
-1000 test images at 64 px, batch 16, 16 epochs per training, 4 rates × 3
-epochs of tuning per model, 3 seeds (``experiments/README.md``)::
+Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
+500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
+cosine schedule decaying to 0, 4 rates × 3 epochs of tuning per model, 3 seeds
+(``experiments/README.md`` gives the probes behind it)::
 
-    kerasmlic synth data/study --train 2000 --val 500 --test 1000
+    kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
-    kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 16 --tune-epochs 3 \
-        --set data.batch_size=16 --out runs/study
+    kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 --tune-epochs 3 \
+        --set data.batch_size=16 --set train.min_learning_rate_ratio=0 --out runs/study
 
-Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 106 min of
-running (146.4 min wall with 40.4 min suspended), 160 min of CPU time; about 7
-min per model, ``label_query`` about 17. Above the 90 min the issue asked for,
-and only 10 of the 33 runs have their last three val mAPs within 0.5 point at
-16 epochs (``experiments/results.md``): most curves still rise.
+Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 82 min of
+running, about 6-7 min per model and 13 for ``label_query``; 19 of the 33 runs
+end with their last three val mAPs within 0.5 point (``experiments/results.md``).
 """
 
 import copy
