@@ -30,6 +30,7 @@ def test_warmup_fraction_of_the_run_overrides_warmup_epochs():
 def test_bn_momentum_sets_every_batchnorm_and_the_moving_mean_follows_it(momentum, expected):
     import numpy as np
 
+    from kerasmlic.models.encoders import batchnorm_layers
     from kerasmlic.training import config as config_lib
     from kerasmlic.training.setup import build_model
 
@@ -46,6 +47,7 @@ def test_bn_momentum_sets_every_batchnorm_and_the_moving_mean_follows_it(momentu
         pending.extend(getattr(layer, "layers", ()))
     norms = {x.name: x for x in found if isinstance(x, keras.layers.BatchNormalization)}
     assert len(norms) == 7 and {x.momentum for x in norms.values()} == {expected}
+    assert sorted(x.name for x in batchnorm_layers(model)) == sorted(norms)
     # One training-mode batch: moving_mean <- m * moving_mean + (1 - m) * batch mean.
     stem = norms["stem_bn"]
     inputs = keras.Input((16, 16, 32))

@@ -563,6 +563,30 @@ def get_encoder(model):
         raise UsageError(f"model {model.name!r} has no {ENCODER_LAYER_NAME!r} layer") from err
 
 
+def batchnorm_layers(model):
+    """Return every BatchNormalization layer of a model, nested sub-models included.
+
+    Args:
+        model: A Keras model or layer.
+
+    Returns:
+        A list of ``keras.layers.BatchNormalization`` layers.
+
+    Example:
+        >>> model = BCEModel(num_classes=80, image_size=64, encoder="small")
+        >>> len(batchnorm_layers(model))
+        7
+    """
+    found = []
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if isinstance(layer, layers.BatchNormalization):
+            found.append(layer)
+        pending.extend(getattr(layer, "layers", ()))
+    return found
+
+
 def set_batchnorm_momentum(model, momentum):
     """Set the moving-statistics momentum of every BatchNormalization layer in a model.
 
@@ -570,6 +594,7 @@ def set_batchnorm_momentum(model, momentum):
     exponential average over training batches, ``momentum`` per step: at 0.9
     they rest on the last ~10 batches, at 0.99 (Keras' default) on the last
     ~100. Set before the model is compiled (the train step reads it when traced).
+    ``benchmarks/bn_noise.py`` measures what that does to a finished run's score.
 
     Args:
         model: A Keras model; nested sub-models (the encoder) are searched too.
@@ -583,15 +608,10 @@ def set_batchnorm_momentum(model, momentum):
         >>> set_batchnorm_momentum(model, 0.99)
         7
     """
-    count = 0
-    pending = [model]
-    while pending:
-        layer = pending.pop()
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = float(momentum)
-            count += 1
-        pending.extend(getattr(layer, "layers", ()))
-    return count
+    found = batchnorm_layers(model)
+    for layer in found:
+        layer.momentum = float(momentum)
+    return len(found)
 
 
 def set_encoder_trainable(model, trainable):
