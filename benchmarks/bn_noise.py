@@ -33,16 +33,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import numpy as np  # noqa: E402
-
-from kerasmlic.metrics import average_precision_per_class  # noqa: E402
+from kerasmlic.metrics import evaluate_predictions  # noqa: E402
 from kerasmlic.models.encoders import batchnorm_layers, get_encoder  # noqa: E402
 from kerasmlic.training import builder, setup  # noqa: E402
 from kerasmlic.training.config import load_config  # noqa: E402
 
 
 def val_map(predict, model):
-    """Val mAP in points over the classes present in val.
+    """Val mAP in points, computed as the training callback does (``history.csv``).
 
     Args:
         predict: ``setup.val_predictor``'s function.
@@ -51,9 +49,8 @@ def val_map(predict, model):
     Returns:
         A float.
     """
-    y_true, scores, _ = predict(model)
-    ap = average_precision_per_class(y_true, scores)
-    return 100.0 * float(np.nanmean(ap[y_true.sum(axis=0) > 0]))
+    y_true, scores, predicted = predict(model)
+    return 100.0 * evaluate_predictions(y_true, scores, predicted)["mAP"]
 
 
 def measure(run_dir, data_dir, sets, batches, long_batches, long_momentum):

@@ -1,4 +1,4 @@
-"""``kerasmlic reproduce``: every model, tuned alike, trained over seeds, then the report.
+r"""``kerasmlic reproduce``: every model, tuned alike, trained over seeds, then the report.
 
 For each model (default: all eleven registered models, the study's eight
 first), with its config ``experiments/<name>.yaml`` (the defaults with the
