@@ -177,15 +177,26 @@ def check_report(out, models, split="test", seeds=1):
     return text
 
 
-def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path):
+def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path, monkeypatch):
     from scipy import stats
 
+    import kerasmlic.tuning
+
+    # --seed-set reaches the seed trainings only: record what each tuning search was given.
+    real_tune, tuned_momenta = kerasmlic.tuning.tune, []
+
+    def spy_tune(config, **kwargs):
+        tuned_momenta.append(config["train"]["bn_momentum"])
+        return real_tune(config, **kwargs)
+
+    monkeypatch.setattr(kerasmlic.tuning, "tune", spy_tune)
     out = str(tmp_path / "rep")
     argv = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden"]
     argv += ["--epochs", "1", "--seeds", "2", "--rates", "1e-3,4e-3", "--tune-epochs", "1"]
     argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
-    argv += ["--set", "train.verbose=0"]
+    argv += ["--set", "train.verbose=0", "--seed-set", "train.bn_momentum=0.95"]
     assert cli_main(argv) == 0
+    assert tuned_momenta == [None, None]
     text = check_report(out, ["bce", "rnn_hidden"], split="test", seeds=2)
     assert "Binary cross entropy (`bce`)" in text and "on the `test` split" in text
     f1 = {}
@@ -200,6 +211,8 @@ def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path
             config = yaml.safe_load(open(os.path.join(out, name, f"seed-{seed}", "config.yaml")))
             assert config["train"]["seed"] == seed
             assert config["train"]["learning_rate"] == record["chosen"]
+            assert config["train"]["bn_momentum"] == 0.95
+            assert config["data"]["batch_size"] == 8  # --set still applies
         f1[name] = [
             json.load(open(os.path.join(out, name, f"seed-{s}", "eval_test.json")))["OF1_top3"]
             for s in range(2)
@@ -261,6 +274,12 @@ def test_reproduce_rejects_unknown_models(shards, tmp_path):
         reproduce(str(tmp_path / "none"), models=["bce"], out=str(tmp_path))
     with pytest.raises(UsageError, match="--seeds"):
         reproduce(shards, models=["bce"], out=str(tmp_path), seeds=0)
+    # A bad seed-only override fails before any tuning or training starts.
+    with pytest.raises(UsageError, match="bn_momentum"):
+        reproduce(
+            shards, models=["bce"], out=str(tmp_path), seed_overrides=["train.bn_momentum=1.5"]
+        )
+    assert not os.path.exists(os.path.join(tmp_path, "bce"))
 
 
 @pytest.mark.slow
@@ -368,6 +387,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"--tune-epochs {size['tune_epochs']}",
         f"data.batch_size={size['batch_size']}",
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
+        f"--seed-set train.bn_momentum={size['seed_bn_momentum']:g}",
     ):
         assert part in reproduce, part
     assert "--rates" not in reproduce and size["rates"] == len(DEFAULT_RATES)

@@ -164,6 +164,15 @@ def add_reproduce_parser(sub):
         help="epochs per tuning trial (default half the training epochs)",
     )
     add_set_argument(p, "override a config key in every run (repeatable)")
+    p.add_argument(
+        "--seed-set",
+        dest="seed_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in the seed trainings only, after --set; the tuning "
+        "trials keep --set alone (repeatable)",
+    )
     p.set_defaults(func=cmd_reproduce)
     return p
 
@@ -192,6 +201,7 @@ def cmd_reproduce(args):
         rates=rates,
         tune_epochs=args.tune_epochs,
         overrides=args.overrides,
+        seed_overrides=args.seed_overrides,
     )
 
 

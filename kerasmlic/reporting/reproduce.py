@@ -66,6 +66,7 @@ STUDY_SIZE = {
     "min_learning_rate_ratio": 0.0,
     "tune_epochs": 3,
     "rates": len(DEFAULT_RATES),
+    "seed_bn_momentum": 0.99,
     "seeds": 3,
 }
 """The built-in study's size (the module docstring gives its command and measured time)."""
@@ -232,6 +233,7 @@ def reproduce(
     rates=DEFAULT_RATES,
     tune_epochs=None,
     overrides=(),
+    seed_overrides=(),
     log=print,
 ):
     """Tune, train over seeds and report every model of the study (or ``models``).
@@ -247,6 +249,11 @@ def reproduce(
         tune_epochs: Epochs per tuning trial (default half the training
             epochs, at least 1).
         overrides: ``KEY=VALUE`` strings applied to every model's config.
+        seed_overrides: ``KEY=VALUE`` strings applied after ``overrides`` to
+            the seed trainings only, not the tuning trials (``--seed-set``):
+            a setting that a short trial would judge unfairly, such as a
+            slow ``train.bn_momentum`` whose statistics lag the weights for
+            the first epochs.
         log: A ``print``-like function.
 
     Returns:
@@ -283,9 +290,16 @@ def reproduce(
             "note: the shards have no test split, so the figures are on val (also used for "
             "model selection); build one with `kerasmlic synth --test N` + `build --split test`"
         )
-    configs = [run_config(m, data_dir, out, epochs=epochs, overrides=overrides) for m in models]
+    # Both configs of every model are resolved (and so validated) before any training.
+    configs = [
+        (
+            run_config(m, data_dir, out, epochs=epochs, overrides=overrides),
+            run_config(m, data_dir, out, epochs=epochs, overrides=[*overrides, *seed_overrides]),
+        )
+        for m in models
+    ]
     tuning, groups = {}, {}
-    for i, config in enumerate(configs, 1):
+    for i, (config, seed_config) in enumerate(configs, 1):
         import keras
 
         name = config["model"]["name"]
@@ -294,10 +308,10 @@ def reproduce(
         if rates:
             trial_epochs = tune_epochs or max(1, config["train"]["epochs"] // 2)
             tuning[name] = tune_learning_rate(config, rates, trial_epochs, out, log=log)
-            config["train"]["learning_rate"] = tuning[name]["chosen"]
+            seed_config["train"]["learning_rate"] = tuning[name]["chosen"]
         groups[name] = []
         for seed in range(seeds):
-            run = copy.deepcopy(config)
+            run = copy.deepcopy(seed_config)
             run["train"]["seed"] = seed
             run["run_dir"] = seed_run_dir(out, name, seed)
             if is_finished(run["run_dir"]):
@@ -317,6 +331,8 @@ def reproduce(
             + (f" --epochs {epochs}" if epochs else "")
             + f" --seeds {seeds} --rates {','.join(f'{r:g}' for r in rates) or 'none'}"
             + (f" --tune-epochs {tune_epochs}" if tune_epochs else "")
+            + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+            + "".join(f" --seed-set {shlex.quote(o)}" for o in seed_overrides)
             + f" --out {out}"
         )
     report = write_study_report(
