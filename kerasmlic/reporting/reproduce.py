@@ -10,7 +10,8 @@ model's name when the file is missing):
    scored by val mAP; the best rate is recorded in ``OUT/<name>/tuning.json``
    (project in ``OUT/tune/<name>``). ``--rates none`` keeps the configs' rates.
 2. **Seeds**: ``--seeds N`` full trainings with that rate and ``train.seed`` =
-   0..N-1, into ``OUT/<name>/seed-<k>``.
+   0..N-1, into ``OUT/<name>/seed-<k>``; ``--seed-set KEY=VALUE`` overrides
+   apply to these and not to the tuning trials.
 3. **Figures** on the ``test`` split when the shards have one (``kerasmlic
    synth --test N`` + ``build --split test``), else on val (said in the
    report); best epoch, early stopping and the rate were chosen on val.
@@ -24,13 +25,16 @@ command again after a crash only does what is left.
 Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
 500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
 cosine schedule decaying to 0, 4 rates × 3 epochs of tuning per model, 3 seeds
-(``experiments/README.md`` gives the probes behind it)::
+trained with BatchNorm momentum 0.99 (the trials keep 0.9: slow statistics
+would lag a 3-epoch trial's weights; ``experiments/README.md`` gives the
+probes behind it)::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 --tune-epochs 3 \
-        --set data.batch_size=16 --set train.min_learning_rate_ratio=0 --out runs/study
+        --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
+        --seed-set train.bn_momentum=0.99 --out runs/study
 
 Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 82 min of
 running, about 6-7 min per model and 13 for ``label_query``; 19 of the 33 runs
