@@ -419,6 +419,10 @@ def test_bad_input_is_one_line_and_exit_2(shards, tmp_path, capsys):
             "applies to the bce model only",
         ),
         (base + ["--set", "data.val_split=test"], "split 'test' not found"),
+        (
+            base + ["--strategy", "mirrored", "--set", "train.precise_bn_batches=4"],
+            "works with the default strategy only",
+        ),
     ]
     for argv, message in cases:
         argv = argv + ["--run-dir", str(tmp_path / "bad-run")]
@@ -462,6 +466,25 @@ def test_mixed_precision_ema_and_xla_flags_train(shards, tmp_path):
     assert keras.mixed_precision.global_policy().name == policy  # restored
     results = json.loads((run_dir / "eval_val.json").read_text())
     assert 0 < results["mAP"] <= 1
+
+
+def test_precise_batchnorm_runs_at_every_epoch_end_before_validation(shards, tmp_path, monkeypatch):
+    from kerasmlic.training import precise_bn, train
+
+    real, calls = precise_bn.recompute_batchnorm_statistics, []
+
+    def spy(model, batches):
+        calls.append((len(lines), real(model, batches)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(precise_bn, "recompute_batchnorm_statistics", spy)
+    lines = []
+    config = tiny_config(shards, tmp_path / "precise", epochs=2, train__precise_bn_batches=2)
+    train(config, log=lines.append)
+    evaluated = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    # Each epoch: 2 batches averaged, then that epoch's validation line.
+    assert [count for _, count in calls] == [2, 2] and len(evaluated) == 2
+    assert calls[0][0] <= evaluated[0] < calls[1][0] <= evaluated[1]
 
 
 # ------------------------------------------- early stopping, determinism, holdout

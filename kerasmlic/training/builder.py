@@ -148,11 +148,14 @@ def check_options(config, manifest, data_dir):
         data_dir: The shard folder.
 
     Raises:
-        UsageError: Class weighting on a model it does not apply to, or a
-            calibration split that is the reported one, the training split or
-            missing.
+        UsageError: Class weighting on a model it does not apply to, precise
+            BatchNorm with a distribution strategy, or a calibration split
+            that is the reported one, the training split or missing.
     """
+    from kerasmlic.training.precise_bn import check_precise_batchnorm
+
     check_class_weighting(config)
+    check_precise_batchnorm(config)
     source = calibration_source(config)
     if source is not None and source != TRAIN_HOLDOUT:
         split_info(manifest, source, data_dir)

@@ -76,6 +76,9 @@ DEFAULTS = {
         # built (0.9 in tiny/small, which settles in a few hundred steps but makes
         # the evaluated model depend on the last ~10 batches; see CHANGELOG.md).
         "bn_momentum": None,
+        # Re-estimate the BatchNorm statistics from N training batches with the weights
+        # fixed, after every epoch and before validation (precise BN); 0 = off.
+        "precise_bn_batches": 0,
         "mixed_precision": False,  # mixed_float16
         "jit_compile": False,  # XLA
         "freeze_encoder_epochs": 0,  # train the head with the encoder frozen first
@@ -132,6 +135,7 @@ _NON_NEGATIVE = {
     ("train", "global_clipnorm"),
     ("train", "freeze_encoder_epochs"),
     ("train", "early_stopping_patience"),
+    ("train", "precise_bn_batches"),
     ("data", "augment", "randaugment", "num_ops"),
 }
 _UNIT_INTERVAL = {

@@ -307,22 +307,27 @@ def validation_callback(
     )
 
 
-def fit_callbacks(evaluation):
+def fit_callbacks(evaluation, precise_bn=None):
     """The callbacks every ``model.fit`` of the package runs, in their order.
 
-    The NaN stop first; the replica-statistics average and the learning rate
-    before the validation pass, whose figures must be in the logs before any
-    logger (a caller's callbacks go after these).
+    The NaN stop first; the replica-statistics average, precise BatchNorm and
+    the learning rate before the validation pass, whose figures must be in the
+    logs before any logger (a caller's callbacks go after these).
 
     Args:
         evaluation: From :func:`validation_callback`.
+        precise_bn: From
+            :func:`~kerasmlic.training.precise_bn.precise_batchnorm_callback`, or None.
 
     Returns:
         A list of Keras callbacks.
     """
     from kerasmlic.training import callbacks as cb
 
-    return [cb.StopOnNaN(), cb.AverageReplicaStatistics(), cb.LearningRateLogger(), evaluation]
+    callbacks = [cb.StopOnNaN(), cb.AverageReplicaStatistics()]
+    if precise_bn is not None:
+        callbacks.append(precise_bn)
+    return [*callbacks, cb.LearningRateLogger(), evaluation]
 
 
 def have_tensorboard():
@@ -338,7 +343,7 @@ def have_tensorboard():
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def run_callbacks(config, evaluation, paths, phase, *, log=print):
+def run_callbacks(config, evaluation, paths, phase, *, precise_bn=None, log=print):
     """:func:`fit_callbacks` plus what a run directory keeps, for one phase of ``train``.
 
     Args:
@@ -347,6 +352,8 @@ def run_callbacks(config, evaluation, paths, phase, *, log=print):
         paths: The run's ``RunPaths``.
         phase: 0-based phase index (its backup folder; the TensorBoard note
             is logged on the first only).
+        precise_bn: From
+            :func:`~kerasmlic.training.precise_bn.precise_batchnorm_callback`, or None.
         log: A ``print``-like function.
 
     Returns:
@@ -357,7 +364,7 @@ def run_callbacks(config, evaluation, paths, phase, *, log=print):
 
     from kerasmlic.training import callbacks as cb
 
-    callbacks = fit_callbacks(evaluation)
+    callbacks = fit_callbacks(evaluation, precise_bn)
     stopper = None
     patience = config["train"]["early_stopping_patience"]
     if patience:

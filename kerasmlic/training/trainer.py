@@ -81,6 +81,7 @@ def _build(config, manifest):
 def _train(config, strategy, model, prepared, log):
     from kerasmlic.models.encoders import set_encoder_trainable
     from kerasmlic.training import callbacks as cb
+    from kerasmlic.training.precise_bn import precise_batchnorm_callback
 
     start_time = time.time()
     data_cfg, train_cfg, eval_cfg = config["data"], config["train"], config["evaluation"]
@@ -102,6 +103,7 @@ def _train(config, strategy, model, prepared, log):
         log=log,
         final_epoch=train_cfg["epochs"],
     )
+    precise = precise_batchnorm_callback(config, train_ds)
     state = rundir.read_state(paths.root)
     phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
     verbose = builder.fit_verbosity(train_cfg["verbose"])
@@ -131,7 +133,9 @@ def _train(config, strategy, model, prepared, log):
         rundir.trim_history(paths.history, first if restart is None else restart)
         if restart is not None:
             log(f"restoring the backup of epoch {restart} from {backup}")
-        callbacks, stopper = setup.run_callbacks(config, evaluation, paths, index, log=log)
+        callbacks, stopper = setup.run_callbacks(
+            config, evaluation, paths, index, precise_bn=precise, log=log
+        )
         model._initial_epoch = None  # a restored epoch must not leak into the next phase
         model.fit(
             train_ds,

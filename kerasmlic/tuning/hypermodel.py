@@ -144,6 +144,7 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
                 fails, the search goes on).
         """
         from kerasmlic.training import callbacks as cb
+        from kerasmlic.training.precise_bn import precise_batchnorm_callback
 
         config = self.config_for(hp)
         prepared = setup.prepare_training(
@@ -169,7 +170,12 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
                 epochs=epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
-                callbacks=[*setup.fit_callbacks(evaluation), *(callbacks or [])],
+                callbacks=[
+                    *setup.fit_callbacks(
+                        evaluation, precise_batchnorm_callback(config, prepared.train_ds)
+                    ),
+                    *(callbacks or []),
+                ],
                 verbose=verbose,
                 shuffle=False,
             )

@@ -1,0 +1,152 @@
+"""Precise BatchNorm: population statistics for the weights a model is evaluated with.
+
+A BatchNormalization layer is evaluated and served with moving statistics, an
+exponential average over the training batches. Those batches were seen by
+earlier weights, and at the built-in CNNs' momentum of 0.9 the average rests on
+the last ~10 of them, so the evaluated score moves with whichever batches came
+last (``benchmarks/bn_noise.py`` measures it). Precise BatchNorm (Wu & Johnson,
+"Rethinking 'Batch' in BatchNorm", 2021; pycls' ``PRECISE_BN``) re-estimates
+them with the weights fixed: ``N`` training batches go through the encoder in
+training mode and each layer's moving mean and variance become the plain
+average of the per-batch means and variances, the statistics training itself
+normalised with.
+
+``train.precise_bn_batches: N`` (0 = off) runs it after every epoch, before the
+validation pass, so ``val_mAP``, ``best.keras`` and the checkpoints all carry
+the re-estimated statistics. The batches are the training stream's (augmented
+as in training): its first ``N``, drawn once and kept, so epoch to epoch only
+the weights change. It costs ``N`` forward passes of the encoder per epoch.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasmlic.errors import UsageError
+from kerasmlic.models.encoders import batchnorm_layers, get_encoder
+
+
+def trainable_batchnorm_layers(model):
+    """Return the encoder's BatchNormalization layers whose statistics training moves.
+
+    Frozen layers (``trainable=False``) run in inference mode in Keras 3 and
+    keep their statistics, so precise BatchNorm leaves them alone too.
+
+    Args:
+        model: A kerasmlic model.
+
+    Returns:
+        A list of ``keras.layers.BatchNormalization`` layers.
+    """
+    return [layer for layer in batchnorm_layers(get_encoder(model)) if layer.trainable]
+
+
+def recompute_batchnorm_statistics(model, batches):
+    """Set the encoder's BatchNorm statistics to their average over ``batches``.
+
+    Args:
+        model: A kerasmlic model (its ``encoder`` sub-model holds the layers).
+        batches: An iterable of image batches as the model is trained on
+            (uint8 or float pixels), or of ``(images, targets)`` pairs, such
+            as ``dataset.take(N)``.
+
+    Returns:
+        The number of batches averaged (0 when there was nothing to do).
+
+    Example:
+        >>> recompute_batchnorm_statistics(model, setup.train_ds.take(50))
+        50
+    """
+    layers = trainable_batchnorm_layers(model)
+    if not layers:
+        return 0
+    encoder = get_encoder(model)
+    saved = [layer.momentum for layer in layers]
+    # Momentum 0 makes each layer's moving statistics the batch's own; the traced
+    # function below reads it (a Python float), so it is set before tracing.
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        forward = tf.function(lambda images: encoder(images, training=True), autograph=False)
+        means = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
+        variances = [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers]
+        count = 0
+        for batch in batches:
+            forward(batch[0] if isinstance(batch, tuple | list) else batch)
+            for i, layer in enumerate(layers):
+                means[i] += keras.ops.convert_to_numpy(layer.moving_mean)
+                variances[i] += keras.ops.convert_to_numpy(layer.moving_variance)
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+    if count:
+        for layer, mean, variance in zip(layers, means, variances, strict=True):
+            layer.moving_mean.assign((mean / count).astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign((variance / count).astype(layer.moving_variance.dtype))
+    return count
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Re-estimate the BatchNorm statistics at each epoch end (before the validation pass).
+
+    The first ``batches`` batches of the training stream are drawn once and
+    kept (in host memory: ``batches`` × the batch's uint8 images), so every
+    re-estimate averages the same images and the statistics change only with
+    the weights; a fresh draw each epoch would add its own noise.
+
+    Args:
+        dataset: The training stream (``(images, targets)`` batches).
+        batches: Batches to average per re-estimate.
+    """
+
+    def __init__(self, dataset, batches):
+        super().__init__()
+        self.dataset = dataset
+        self.batches = batches
+        self._images = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Recompute the statistics for the epoch's final weights."""
+        if self._images is None:
+            self._images = [images for images, _ in self.dataset.take(self.batches)]
+        recompute_batchnorm_statistics(self.model, self._images)
+
+
+def precise_batchnorm_callback(config, train_ds):
+    """Return the :class:`PreciseBatchNorm` callback of a config, or None when it is off.
+
+    Args:
+        config: A resolved config (``train.precise_bn_batches``).
+        train_ds: The training stream.
+
+    Returns:
+        A callback or None.
+
+    Raises:
+        UsageError: It is on with a distribution strategy (each replica would
+            hold its own statistics).
+    """
+    batches = config["train"]["precise_bn_batches"]
+    if not batches:
+        return None
+    check_precise_batchnorm(config)
+    return PreciseBatchNorm(train_ds, batches)
+
+
+def check_precise_batchnorm(config):
+    """Refuse ``train.precise_bn_batches`` with a distribution strategy, in one line.
+
+    Args:
+        config: A resolved config.
+
+    Raises:
+        UsageError: ``train.precise_bn_batches`` > 0 and ``train.strategy`` is
+            not ``default``.
+    """
+    strategy = config["train"]["strategy"]
+    if config["train"]["precise_bn_batches"] and strategy != "default":
+        raise UsageError(
+            f"train.precise_bn_batches works with the default strategy only, not {strategy!r} "
+            "(each replica would re-estimate its own statistics); set it to 0"
+        )
