@@ -36,9 +36,10 @@ probes behind it)::
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
         --seed-set train.bn_momentum=0.99 --out runs/study
 
-Measured on 2026-11-30 (2 cores, no GPU; experiments/ configs): 82 min of
-running, about 6-7 min per model and 13 for ``label_query``; 19 of the 33 runs
-end with their last three val mAPs within 0.5 point (``experiments/results.md``).
+Measured on 2026-12-01 (2 cores, no GPU; experiments/ configs): 90.6 min of
+running, about 7 min per model and 14 for ``label_query``; 30 of the 33
+runs end with their last three val mAPs within 0.5 point
+(``experiments/results.md``).
 """
 
 import copy
