@@ -473,8 +473,8 @@ def test_precise_batchnorm_runs_at_every_epoch_end_before_validation(shards, tmp
 
     real, calls = precise_bn.recompute_batchnorm_statistics, []
 
-    def spy(model, batches):
-        calls.append((len(lines), real(model, batches)))
+    def spy(model, batches, forward=None):
+        calls.append((len(lines), real(model, batches, forward)))
         return calls[-1][1]
 
     monkeypatch.setattr(precise_bn, "recompute_batchnorm_statistics", spy)

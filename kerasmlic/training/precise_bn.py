@@ -41,7 +41,20 @@ def trainable_batchnorm_layers(model):
     return [layer for layer in batchnorm_layers(get_encoder(model)) if layer.trainable]
 
 
-def recompute_batchnorm_statistics(model, batches):
+def training_forward(encoder):
+    """Return the encoder's training-mode forward pass as a ``tf.function``.
+
+    Args:
+        encoder: The encoder sub-model.
+
+    Returns:
+        A ``tf.function`` of the image batch; it keeps the BatchNorm momenta
+        and trainable flags of its first call (Python values, read when traced).
+    """
+    return tf.function(lambda images: encoder(images, training=True), autograph=False)
+
+
+def recompute_batchnorm_statistics(model, batches, forward=None):
     """Set the encoder's BatchNorm statistics to their average over ``batches``.
 
     Args:
@@ -49,6 +62,9 @@ def recompute_batchnorm_statistics(model, batches):
         batches: An iterable of image batches as the model is trained on
             (uint8 or float pixels), or of ``(images, targets)`` pairs, such
             as ``dataset.take(N)``.
+        forward: A :func:`training_forward` of the model's encoder from an
+            earlier call with the same trainable layers, to skip re-tracing;
+            None traces a new one.
 
     Returns:
         The number of batches averaged (0 when there was nothing to do).
@@ -63,11 +79,11 @@ def recompute_batchnorm_statistics(model, batches):
     encoder = get_encoder(model)
     saved = [layer.momentum for layer in layers]
     # Momentum 0 makes each layer's moving statistics the batch's own; the traced
-    # function below reads it (a Python float), so it is set before tracing.
+    # function reads it (a Python float), so it is 0 whenever it is traced.
     for layer in layers:
         layer.momentum = 0.0
     try:
-        forward = tf.function(lambda images: encoder(images, training=True), autograph=False)
+        forward = forward or training_forward(encoder)
         means = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
         variances = [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers]
         count = 0
@@ -105,12 +121,17 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self.dataset = dataset
         self.batches = batches
         self._images = None
+        self._forward = (None, None)  # (trainable layers, their traced forward pass)
 
     def on_epoch_end(self, epoch, logs=None):
         """Recompute the statistics for the epoch's final weights."""
         if self._images is None:
             self._images = [images for images, _ in self.dataset.take(self.batches)]
-        recompute_batchnorm_statistics(self.model, self._images)
+        # One trace per set of trainable layers (a fine-tuning phase unfreezes more).
+        key = tuple(id(layer) for layer in trainable_batchnorm_layers(self.model))
+        if self._forward[0] != key:
+            self._forward = (key, training_forward(get_encoder(self.model)))
+        recompute_batchnorm_statistics(self.model, self._images, self._forward[1])
 
 
 def precise_batchnorm_callback(config, train_ds):
