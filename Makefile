@@ -45,7 +45,7 @@ $(STUDY_SHARDS)/.built: | $(STAMP)
 study: $(STAMP) $(STUDY_SHARDS)/.built
 	$(BIN)/kerasmlic reproduce --data $(STUDY_SHARDS) --seeds 3 --epochs 24 --tune-epochs 3 \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-		--seed-set train.bn_momentum=0.99 --out runs/study
+		--set train.precise_bn_batches=16 --out runs/study
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py

@@ -390,7 +390,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"--tune-epochs {size['tune_epochs']}",
         f"data.batch_size={size['batch_size']}",
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
-        f"--seed-set train.bn_momentum={size['seed_bn_momentum']:g}",
+        f"--set train.precise_bn_batches={size['precise_bn_batches']}",
     ):
         assert part in reproduce, part
     assert "--rates" not in reproduce and size["rates"] == len(DEFAULT_RATES)

@@ -24,22 +24,18 @@ command again after a crash only does what is left.
 
 Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
 500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
-cosine schedule decaying to 0, 4 rates × 3 epochs of tuning per model, 3 seeds
-trained with BatchNorm momentum 0.99 (the trials keep 0.9: slow statistics
-would lag a 3-epoch trial's weights; ``experiments/README.md`` gives the
-probes behind it)::
+cosine schedule decaying to 0, 4 rates × 3 epochs of tuning per model, 3 seeds,
+and precise BatchNorm over 16 training batches after every epoch (trials and
+seeds; ``experiments/README.md`` gives the probes behind it)::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 --tune-epochs 3 \
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-        --seed-set train.bn_momentum=0.99 --out runs/study
+        --set train.precise_bn_batches=16 --out runs/study
 
-Measured on 2026-12-01 (2 cores, no GPU; experiments/ configs): 90.6 min of
-running, about 7 min per model and 14 for ``label_query``; 30 of the 33
-runs end with their last three val mAPs within 0.5 point
-(``experiments/results.md``).
+Its measured time and convergence are in ``experiments/README.md``.
 """
 
 import copy
@@ -71,7 +67,7 @@ STUDY_SIZE = {
     "min_learning_rate_ratio": 0.0,
     "tune_epochs": 3,
     "rates": len(DEFAULT_RATES),
-    "seed_bn_momentum": 0.99,
+    "precise_bn_batches": 16,
     "seeds": 3,
 }
 """The built-in study's size (the module docstring gives its command and measured time)."""
