@@ -70,7 +70,7 @@ STUDY_SIZE = {
     "precise_bn_batches": 16,
     "seeds": 3,
 }
-"""The built-in study's size (the module docstring gives its command and measured time)."""
+"""The built-in study's size (command: the module docstring; time: experiments/README.md)."""
 
 
 def _cpu_seconds():
