@@ -291,7 +291,10 @@ def test_random_order_sequences_are_permutations_in_training(data_dir):
     )  # fmt: skip
     by_id = {i: labels for i, labels, _ in examples("train")}
     orders_of_3 = set()
-    for _ in range(4):
+    # Each pass replays the same draws and the reshuffle hands them out anew, so a
+    # pass repeats image 3's first order by chance (42 of 420 passes measured, and
+    # 4 passes once all agreed in CI): 8 passes make that about a 1e-7 event.
+    for _ in range(8):
         _, _, seqs, ids = collect(ds)
         for seq, image_id in zip(seqs, ids, strict=True):
             k = len(by_id[image_id])
@@ -299,7 +302,7 @@ def test_random_order_sequences_are_permutations_in_training(data_dir):
             assert sorted(seq[1 : k + 1] - 3) == by_id[image_id]
             if image_id == 3:
                 orders_of_3.add(tuple(seq[1:5]))
-    assert len(orders_of_3) > 1  # a new permutation per epoch
+    assert len(orders_of_3) > 1  # the permutation changes from pass to pass
 
 
 def test_usage_errors(data_dir, tmp_path):
