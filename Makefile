@@ -34,15 +34,18 @@ format: $(STAMP)
 # tuned over 4 rates and trained with 3 seeds; resumes where it stopped.
 STUDY_DATA := data/study
 STUDY_SHARDS := data/study-shards
+# The stamp names the size, so data of an earlier size is rebuilt, never reused.
+STUDY_BUILT := $(STUDY_SHARDS)/.built-1000-500-1000-s1
 
-$(STUDY_SHARDS)/.built: | $(STAMP)
+$(STUDY_BUILT): | $(STAMP)
+	rm -rf $(STUDY_DATA) $(STUDY_SHARDS)
 	$(BIN)/kerasmlic synth $(STUDY_DATA) --train 1000 --val 500 --test 1000 --seed 1
 	for s in train val test; do $(BIN)/kerasmlic build --split $$s --out $(STUDY_SHARDS) \
 		--annotations $(STUDY_DATA)/annotations/instances_$$s.json --images $(STUDY_DATA)/$$s \
 		|| exit 1; done
 	touch $@
 
-study: $(STAMP) $(STUDY_SHARDS)/.built
+study: $(STAMP) $(STUDY_BUILT)
 	$(BIN)/kerasmlic reproduce --data $(STUDY_SHARDS) --seeds 3 --epochs 24 --tune-epochs 3 \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
 		--set train.precise_bn_batches=16 --out runs/study

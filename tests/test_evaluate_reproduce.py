@@ -177,7 +177,9 @@ def check_report(out, models, split="test", seeds=1):
     return text
 
 
-def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path, monkeypatch):
+def test_reproduce_seeds_tuning_and_paired_comparison(
+    shards_with_test, tmp_path, monkeypatch, capsys
+):
     from scipy import stats
 
     import kerasmlic.tuning
@@ -235,6 +237,47 @@ def test_reproduce_seeds_tuning_and_paired_comparison(shards_with_test, tmp_path
     before = os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras"))
     assert cli_main(argv) == 0
     assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
+    # A finished run of another seed config is refused in one line, never reused as
+    # if it were this one's (the tuning records, whose config did not change, are).
+    capsys.readouterr()
+    assert cli_main([*argv[:-1], "train.bn_momentum=0.7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seed-0 holds a finished run" in err, err
+    assert "differs in train.bn_momentum" in err
+    assert len(tuned_momenta) == 2  # no new search
+    assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
+
+
+def test_reused_records_are_checked_against_config_and_shards(shards, tmp_path):
+    """A digest and a finished run's differences see a changed key and rebuilt shards."""
+    import shutil
+
+    from kerasmlic.data.manifest import load_manifest
+    from kerasmlic.training.config import load_config
+    from kerasmlic.training.rundir import (
+        config_fingerprint,
+        finished_run_differences,
+        prepare_run_dir,
+    )
+
+    data = str(tmp_path / "shards")
+    shutil.copytree(shards, data)
+    flags = {"data.dir": data, "model.name": "bce"}
+    config = load_config(None, [], **flags)
+    same = load_config(None, ["train.verbose=0"], **flags)  # how a run logs is not what it is
+    other = load_config(None, ["train.seed=5"], **flags)
+    digest = config_fingerprint(config, data)
+    assert len(digest) == 64 and config_fingerprint(same, data) == digest
+    assert config_fingerprint(other, data) != digest
+    run_dir = str(tmp_path / "run")
+    prepare_run_dir(run_dir, config, data, load_manifest(data))
+    assert finished_run_differences(run_dir, same, data) == []
+    assert finished_run_differences(run_dir, other, data) == ["train.seed"]
+    # Shards rebuilt at the same path (another dataset.json) change both.
+    with open(os.path.join(data, "dataset.json"), "a") as f:
+        f.write("\n")
+    assert config_fingerprint(config, data) != digest
+    assert finished_run_differences(run_dir, config, data) == ["shards (dataset.json)"]
 
 
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):

@@ -48,6 +48,7 @@ import time
 from kerasmlic.errors import UsageError
 from kerasmlic.reporting.results import STUDY_MODELS
 from kerasmlic.training import config as config_lib
+from kerasmlic.training.rundir import config_fingerprint, finished_run_differences
 
 DEFAULT_OUT = os.path.join("runs", "reproduce")
 
@@ -161,7 +162,8 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
     """Pick a model's learning rate with a keras-tuner grid search on val mAP.
 
     A record in ``out/<name>/tuning.json`` from an earlier call with the same
-    rates and epochs is reused.
+    rates, epochs, config and shards (its ``fingerprint``) is reused; one of
+    another config or of rebuilt shards is searched again and replaced.
 
     Args:
         config: The model's resolved config (its other settings are kept).
@@ -182,12 +184,6 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
     name = config["model"]["name"]
     path = os.path.join(out, name, TUNING_RECORD)
     rates = [float(r) for r in rates]
-    if os.path.isfile(path):
-        with open(path) as f:
-            record = json.load(f)
-        if record.get("rates") == rates and record.get("epochs") == epochs:
-            log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
-            return record
     base = copy.deepcopy(config)
     base["run_dir"] = None
     base["tune"] = {
@@ -198,6 +194,14 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
         "space": {"train.learning_rate": {"choice": rates}},
     }
     base["train"]["seed"] = 0
+    fingerprint = config_fingerprint(base, config["data"]["dir"])
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("fingerprint") == fingerprint:
+            log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
+            return record
+        log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
     result = tune(
         base,
         project_name=name,
@@ -212,7 +216,13 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
         if rate is not None:
             scores[repr(float(rate))] = row["score"] if row["status"] == "COMPLETED" else None
     chosen = float(result["trials"][0]["values"]["train.learning_rate"])
-    record = {"rates": rates, "epochs": epochs, "val_mAP": scores, "chosen": chosen}
+    record = {
+        "rates": rates,
+        "epochs": epochs,
+        "val_mAP": scores,
+        "chosen": chosen,
+        "fingerprint": fingerprint,
+    }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, record)
     log(f"{name}: learning rate {chosen:g} (val mAP {100 * result['best_val_mAP']:.1f})")
@@ -316,6 +326,13 @@ def reproduce(
             run["train"]["seed"] = seed
             run["run_dir"] = seed_run_dir(out, name, seed)
             if is_finished(run["run_dir"]):
+                stale = finished_run_differences(run["run_dir"], run, data_dir)
+                if stale:
+                    raise UsageError(
+                        f"{run['run_dir']} holds a finished run of another config or of "
+                        f"rebuilt shards (differs in {', '.join(stale)}); delete it or pass "
+                        "another --out"
+                    )
                 log(f"{name} seed {seed}: finished run in {run['run_dir']}, reused")
             else:
                 log(f"{name} seed {seed}: training into {run['run_dir']}")

@@ -7,10 +7,11 @@ are kept consistent across an interruption.
 
 import copy
 import csv
+import hashlib
 import json
 import os
 
-from kerasmlic.data.manifest import write_json_atomic
+from kerasmlic.data.manifest import file_sha256, manifest_path, write_json_atomic
 from kerasmlic.errors import UsageError
 from kerasmlic.evaluation.rundir import (
     RunPaths,
@@ -26,7 +27,15 @@ from kerasmlic.training.config import save_config
 _RESUME_FREE = (("train", "verbose"), ("run_dir",), ("data", "service"))
 
 
-def _comparable(config):
+def comparable_config(config):
+    """Return a copy of a resolved config without the keys a resumed run may change.
+
+    Args:
+        config: A resolved config.
+
+    Returns:
+        The copy, with ``data.dir`` made absolute.
+    """
     config = copy.deepcopy(config)
     for path in _RESUME_FREE:
         node = config
@@ -48,6 +57,51 @@ def _differences(a, b, prefix=""):
         elif va != vb:
             out.append(f"{prefix}{key}")
     return out
+
+
+def config_fingerprint(config, data_dir):
+    """Return a digest of what a config trains: its comparable keys and its shards.
+
+    Records derived from a training (such as ``reproduce``'s tuning record)
+    keep it, so a record of another config or of rebuilt shards is not reused.
+
+    Args:
+        config: A resolved config.
+        data_dir: Its shard folder (the digest covers its ``dataset.json``).
+
+    Returns:
+        A hex string.
+    """
+    text = json.dumps(comparable_config(config), sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode())
+    digest.update(file_sha256(manifest_path(data_dir)).encode())
+    return digest.hexdigest()
+
+
+def finished_run_differences(run_dir, config, data_dir):
+    """Return what a finished run was trained with that ``config`` would not use.
+
+    Args:
+        run_dir: A run directory holding a finished run.
+        config: The resolved config it is checked against.
+        data_dir: The shard folder ``config`` trains on.
+
+    Returns:
+        A list of differing config keys, plus ``"shards (dataset.json)"`` when
+        the shards were rebuilt since; empty when the run is the config's.
+    """
+    import yaml
+
+    paths = RunPaths(run_dir)
+    if not os.path.isfile(paths.config):
+        return ["config.yaml (missing)"]
+    with open(paths.config) as f:
+        previous = yaml.safe_load(f) or {}
+    diff = _differences(comparable_config(previous), comparable_config(config))
+    reference = read_dataset_reference(run_dir) if os.path.isfile(paths.dataset) else {}
+    if reference.get("sha256") != file_sha256(manifest_path(data_dir)):
+        diff.append("shards (dataset.json)")
+    return diff
 
 
 def prepare_run_dir(run_dir, config, data_dir, manifest):
@@ -80,7 +134,7 @@ def prepare_run_dir(run_dir, config, data_dir, manifest):
 
         with open(paths.config) as f:
             previous = yaml.safe_load(f) or {}
-        diff = _differences(_comparable(previous), _comparable(config))
+        diff = _differences(comparable_config(previous), comparable_config(config))
         if diff:
             raise UsageError(
                 f"run dir {run_dir!r} holds an interrupted run with another config "
