@@ -50,6 +50,9 @@ def _outputs_text(cell):
     return "".join(parts)
 
 
+# Slow (41 s on 2 cores): the default run keeps test_api.py's notebook-style fit and
+# the check below that the notebook uses only the public API.
+@pytest.mark.slow
 def test_quickstart_notebook_runs_at_tiny_settings(tmp_path, monkeypatch):
     jupyter = os.path.join(tmp_path, "jupyter")
     _write_kernelspec(jupyter)

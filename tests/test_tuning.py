@@ -550,6 +550,9 @@ assert not [m for m in sys.modules if m.split(".")[0] == "kerasmlic"]
 """
 
 
+# Slow (33 s on 2 cores): test_export.py serves an export in a fresh process without
+# kerasmlic in the default run; this one adds that a tuned best model exports alike.
+@pytest.mark.slow
 def test_tuned_model_exports_and_serves_without_kerasmlic(shards, tmp_path):
     import tensorflow as tf
 
