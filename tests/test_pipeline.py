@@ -293,7 +293,8 @@ def test_random_order_sequences_are_permutations_in_training(data_dir):
     orders_of_3 = set()
     # Each pass replays the same draws and the reshuffle hands them out anew, so a
     # pass repeats image 3's first order by chance (42 of 420 passes measured, and
-    # 4 passes once all agreed in CI): 8 passes make that about a 1e-7 event.
+    # 4 passes once all agreed in CI): with 8, all agree with odds of 0.1**7 if the
+    # passes are independent.
     for _ in range(8):
         _, _, seqs, ids = collect(ds)
         for seq, image_id in zip(seqs, ids, strict=True):
