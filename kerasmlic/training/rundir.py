@@ -59,6 +59,15 @@ def _differences(a, b, prefix=""):
     return out
 
 
+def _saved_config_differences(paths, config):
+    """The comparable keys where a run dir's ``config.yaml`` and ``config`` differ."""
+    import yaml
+
+    with open(paths.config) as f:
+        previous = yaml.safe_load(f) or {}
+    return _differences(comparable_config(previous), comparable_config(config))
+
+
 def config_fingerprint(config, data_dir):
     """Return a digest of what a config trains: its comparable keys and its shards.
 
@@ -90,14 +99,10 @@ def finished_run_differences(run_dir, config, data_dir):
         A list of differing config keys, plus ``"shards (dataset.json)"`` when
         the shards were rebuilt since; empty when the run is the config's.
     """
-    import yaml
-
     paths = RunPaths(run_dir)
     if not os.path.isfile(paths.config):
         return ["config.yaml (missing)"]
-    with open(paths.config) as f:
-        previous = yaml.safe_load(f) or {}
-    diff = _differences(comparable_config(previous), comparable_config(config))
+    diff = _saved_config_differences(paths, config)
     reference = read_dataset_reference(run_dir) if os.path.isfile(paths.dataset) else {}
     if reference.get("sha256") != file_sha256(manifest_path(data_dir)):
         diff.append("shards (dataset.json)")
@@ -130,11 +135,7 @@ def prepare_run_dir(run_dir, config, data_dir, manifest):
             f"run dir {run_dir!r} already holds a finished run; pass another --run-dir or delete it"
         )
     if os.path.isfile(paths.config):
-        import yaml
-
-        with open(paths.config) as f:
-            previous = yaml.safe_load(f) or {}
-        diff = _differences(comparable_config(previous), comparable_config(config))
+        diff = _saved_config_differences(paths, config)
         if diff:
             raise UsageError(
                 f"run dir {run_dir!r} holds an interrupted run with another config "
