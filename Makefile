@@ -16,11 +16,15 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kerasmlic demo
 
+# The suite's processes leave a core idle half the time (tracing is
+# single-threaded), so two pytest workers share the two CI cores.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
             "scikit-learn>=1.4,<2",
             "ruff>=0.6,<1",
             "nbclient>=0.10,<0.12",
