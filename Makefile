@@ -35,7 +35,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # The built-in study (experiments/README.md): 1000/500/1000 images, every model
-# tuned over 4 rates and trained with 3 seeds; resumes where it stopped.
+# tuned over 4 rates and trained with 3 seeds (evaluated on the weights' EMA);
+# resumes where it stopped.
 STUDY_DATA := data/study
 STUDY_SHARDS := data/study-shards
 # The stamp names the size, so data of an earlier size is rebuilt, never reused.
@@ -52,7 +53,7 @@ $(STUDY_BUILT): | $(STAMP)
 study: $(STAMP) $(STUDY_BUILT)
 	$(BIN)/kerasmlic reproduce --data $(STUDY_SHARDS) --seeds 3 --epochs 24 --tune-epochs 3 \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-		--set train.precise_bn_batches=16 --out runs/study
+		--set train.precise_bn_batches=16 --seed-set train.use_ema=true --out runs/study
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py

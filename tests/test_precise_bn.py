@@ -93,24 +93,34 @@ def test_frozen_batchnorm_keeps_its_statistics():
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_callback_runs_before_validation_inside_fit():
-    config, model = small_bce(**{"train.precise_bn_batches": 2})
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_the_callback_runs_before_validation_inside_fit(use_ema):
+    overrides = {"train.precise_bn_batches": 2, "train.use_ema": str(use_ema).lower()}
+    config, model = small_bce(**overrides)
     dataset, images, batch = image_batches(3, seed=1)
     callback = precise_batchnorm_callback(config, dataset)
-    seen = {}
+    seen, raw = {}, {}
 
     class Validation(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seen[epoch] = self.model.get_layer("encoder").get_layer("small")
             seen[epoch] = seen[epoch].get_layer("stem_bn").moving_mean.numpy().copy()
+            raw[epoch] = self.model.get_weights()  # the last step's, never the EMA
 
     callbacks = fit_callbacks(Validation(), callback)
     assert callbacks.index(callback) < len(callbacks) - 1  # before the validation pass
     compile_model(model, config, steps_per_epoch=3, epochs=2, num_classes=4)
     model.fit(dataset, epochs=2, callbacks=callbacks, verbose=0, shuffle=False)
     # What validation saw: the statistics of the final weights over the first 2 batches.
+    # With EMA the final weights are the average (fit writes it in at the end).
     want = hand_statistics(model, images[: 2 * batch], batch)["stem_bn"][0]
     np.testing.assert_allclose(seen[1], want, rtol=1e-4, atol=1e-4)
+    if use_ema:  # the last step's weights would have given other statistics
+        final = model.get_weights()
+        model.set_weights(raw[1])
+        other = hand_statistics(model, images[: 2 * batch], batch)["stem_bn"][0]
+        model.set_weights(final)
+        assert np.abs(other - want).max() > 1e-3
 
 
 def test_off_by_default_and_refused_with_a_strategy():

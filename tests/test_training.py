@@ -19,7 +19,7 @@ from kerasmlic.metrics import RESULT_KEYS, evaluate_predictions
 from kerasmlic.training import callbacks as cb
 from kerasmlic.training import rundir
 from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
-from kerasmlic.training.optim import make_schedule
+from kerasmlic.training.optim import ema_weights, make_schedule
 
 TINY = {"data.image_size": 32, "data.batch_size": 8}
 
@@ -128,13 +128,13 @@ def test_ema_weights_swaps_in_the_average_and_restores():
         keras.ops.convert_to_numpy(v) for v in model.optimizer._model_variables_moving_average
     ]
     assert not np.allclose(raw[0], averages[0])
-    with cb.ema_weights(model) as swapped:
+    with ema_weights(model) as swapped:
         assert swapped
         np.testing.assert_allclose(model.get_weights()[0], averages[0])
     np.testing.assert_allclose(model.get_weights()[0], raw[0])
     plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     plain.compile("sgd", "mse")
-    with cb.ema_weights(plain) as swapped:
+    with ema_weights(plain) as swapped:
         assert not swapped
 
 

@@ -25,15 +25,18 @@ command again after a crash only does what is left.
 Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
 500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
 cosine schedule decaying to 0, 4 rates × 3 epochs of tuning per model, 3 seeds,
-and precise BatchNorm over 16 training batches after every epoch (trials and
-seeds; ``experiments/README.md`` gives the probes behind it)::
+precise BatchNorm over 16 training batches after every epoch (trials and
+seeds), and the seeds evaluated on an exponential moving average of their
+weights (``train.use_ema``; not the 3-epoch trials, whose 183 steps an average
+of momentum 0.99 would still weigh 16 % on the initial weights;
+``experiments/README.md`` gives the probes behind it)::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 --tune-epochs 3 \
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-        --set train.precise_bn_batches=16 --out runs/study
+        --set train.precise_bn_batches=16 --seed-set train.use_ema=true --out runs/study
 
 Its measured time and convergence are in ``experiments/README.md``.
 """
@@ -70,6 +73,7 @@ STUDY_SIZE = {
     "rates": len(DEFAULT_RATES),
     "precise_bn_batches": 16,
     "seeds": 3,
+    "seed_use_ema": True,
 }
 """The built-in study's size (command: the module docstring; time: experiments/README.md)."""
 

@@ -1,6 +1,5 @@
 """Training callbacks: validation metrics, NaN stop, learning-rate log, checkpoints."""
 
-import contextlib
 import json
 import math
 import os
@@ -12,7 +11,7 @@ import numpy as np
 from kerasmlic.data.manifest import write_json_atomic
 from kerasmlic.errors import UsageError
 from kerasmlic.evaluation.rundir import read_history
-from kerasmlic.training.optim import base_optimizer, current_learning_rate
+from kerasmlic.training.optim import current_learning_rate, ema_weights
 
 # Figures of the full metric set also written into the epoch logs (history.csv,
 # TensorBoard, the progress bar), with a ``val_`` prefix.
@@ -59,36 +58,6 @@ class StopOnNaN(keras.callbacks.Callback):
             f"training diverged: loss is {loss} at {where}; lower train.learning_rate "
             "or check the data (the last completed epoch is backed up in the run dir)"
         )
-
-
-@contextlib.contextmanager
-def ema_weights(model):
-    """Temporarily swap a model's trainable weights for the optimiser's EMA, if it keeps one.
-
-    Args:
-        model: A compiled model.
-
-    Yields:
-        True when EMA weights are in place, False when the optimiser has none.
-    """
-    optimizer = base_optimizer(model.optimizer) if model.optimizer is not None else None
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
-    if not getattr(optimizer, "use_ema", False) or not averages:
-        yield False
-        return
-    variables = model.trainable_variables
-    if len(variables) != len(averages):
-        yield False
-        return
-    saved = [v.numpy() for v in variables]
-    for var, avg in zip(variables, averages, strict=True):
-        if avg is not None:
-            var.assign(avg)
-    try:
-        yield True
-    finally:
-        for var, value in zip(variables, saved, strict=True):
-            var.assign(value)
 
 
 def save_model_atomic(model, path):

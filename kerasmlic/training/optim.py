@@ -1,5 +1,7 @@
 """The optimiser: AdamW with linear warm-up, cosine decay, global-norm clipping, optional EMA."""
 
+import contextlib
+
 import keras
 
 # Biases and normalisation scales/offsets are not decayed (standard AdamW practice).
@@ -98,3 +100,35 @@ def current_learning_rate(optimizer):
         A float.
     """
     return float(keras.ops.convert_to_numpy(base_optimizer(optimizer).learning_rate))
+
+
+@contextlib.contextmanager
+def ema_weights(model):
+    """Temporarily swap a model's trainable weights for the optimiser's EMA, if it keeps one.
+
+    Args:
+        model: A model, compiled or not.
+
+    Yields:
+        True when EMA weights are in place, False when the model has no
+        optimiser or its optimiser keeps none.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = base_optimizer(optimizer) if optimizer is not None else None
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not getattr(optimizer, "use_ema", False) or not averages:
+        yield False
+        return
+    variables = model.trainable_variables
+    if len(variables) != len(averages):
+        yield False
+        return
+    saved = [v.numpy() for v in variables]
+    for var, avg in zip(variables, averages, strict=True):
+        if avg is not None:
+            var.assign(avg)
+    try:
+        yield True
+    finally:
+        for var, value in zip(variables, saved, strict=True):
+            var.assign(value)

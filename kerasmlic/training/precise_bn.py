@@ -16,6 +16,11 @@ validation pass, so ``val_mAP``, ``best.keras`` and the checkpoints all carry
 the re-estimated statistics. The batches are the training stream's (augmented
 as in training): its first ``N``, drawn once and kept, so epoch to epoch only
 the weights change. It costs ``N`` forward passes of the encoder per epoch.
+
+With ``train.use_ema`` the weights evaluated, saved and exported are the
+optimiser's moving average, not the last step's, so the statistics are
+re-estimated for the averaged weights: statistics of other weights would
+normalise the averaged layers' activations with the wrong means.
 """
 
 import keras
@@ -24,6 +29,7 @@ import tensorflow as tf
 
 from kerasmlic.errors import UsageError
 from kerasmlic.models.encoders import batchnorm_layers, get_encoder
+from kerasmlic.training.optim import ema_weights
 
 
 def trainable_batchnorm_layers(model):
@@ -109,7 +115,10 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     The first ``batches`` batches of the training stream are drawn once and
     kept (in host memory: ``batches`` × the batch's uint8 images), so every
     re-estimate averages the same images and the statistics change only with
-    the weights; a fresh draw each epoch would add its own noise.
+    the weights; a fresh draw each epoch would add its own noise. When the
+    optimiser keeps an EMA of the weights, the statistics are those of the
+    EMA weights (the ones validation, ``best.keras`` and the final model use);
+    training itself normalises with batch statistics and never reads them.
 
     Args:
         dataset: The training stream (``(images, targets)`` batches).
@@ -131,7 +140,8 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         key = tuple(id(layer) for layer in trainable_batchnorm_layers(self.model))
         if self._forward[0] != key:
             self._forward = (key, training_forward(get_encoder(self.model)))
-        recompute_batchnorm_statistics(self.model, self._images, self._forward[1])
+        with ema_weights(self.model):
+            recompute_batchnorm_statistics(self.model, self._images, self._forward[1])
 
 
 def precise_batchnorm_callback(config, train_ds):
