@@ -278,6 +278,9 @@ def test_reused_records_are_checked_against_config_and_shards(shards, tmp_path):
         f.write("\n")
     assert config_fingerprint(config, data) != digest
     assert finished_run_differences(run_dir, config, data) == ["shards (dataset.json)"]
+    # The run never finished: resuming it on the rebuilt shards is refused too.
+    with pytest.raises(UsageError, match="interrupted run on other shards"):
+        prepare_run_dir(run_dir, config, data, load_manifest(data))
 
 
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):

@@ -114,7 +114,8 @@ def prepare_run_dir(run_dir, config, data_dir, manifest):
 
     A folder holding ``config.yaml`` but no ``summary.json`` is an
     interrupted run: it resumes when the resolved config is the same (the
-    verbosity and run-dir spelling may differ).
+    verbosity and run-dir spelling may differ) and the shards are the ones it
+    started on (their ``dataset.json`` digest; moved shards keep it).
 
     Args:
         run_dir: The run directory.
@@ -127,7 +128,7 @@ def prepare_run_dir(run_dir, config, data_dir, manifest):
 
     Raises:
         UsageError: The folder holds a finished run, a run with another config,
-            or a run on shards with another class list.
+            or a run on shards with another class list or rebuilt since.
     """
     paths = RunPaths(run_dir)
     if is_finished(run_dir):
@@ -142,7 +143,15 @@ def prepare_run_dir(run_dir, config, data_dir, manifest):
                 f"(differs in {', '.join(diff)}); pass another --run-dir or delete it"
             )
         if os.path.isfile(paths.dataset):
-            check_same_classes(read_dataset_reference(run_dir), manifest, data_dir)
+            reference = read_dataset_reference(run_dir)
+            check_same_classes(reference, manifest, data_dir)
+            # A reference of an older layout has no digest and resumes as before.
+            if reference.get("sha256") not in (None, file_sha256(manifest_path(data_dir))):
+                raise UsageError(
+                    f"run dir {run_dir!r} holds an interrupted run on other shards "
+                    f"({os.path.join(data_dir, 'dataset.json')} changed since it started); "
+                    "pass another --run-dir or delete it"
+                )
         return True
     os.makedirs(run_dir, exist_ok=True)
     for stale in (paths.history, paths.state, paths.best, paths.best_json):
