@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 import os
@@ -233,10 +234,21 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     # Differences that do not vary leave the test undefined: the report prints a dash.
     expected_p = "–" if not diff.std() > 0 else "< 0.001" if p < 0.001 else f"{p:.3f}"
     assert cells[3] == "2" and cells[5] == expected_p
-    # A second call reuses the tuning records and the finished runs.
+    # The runs' own training time: the sum of every seed run's epoch_seconds.
+    epoch_seconds = [
+        float(row["epoch_seconds"])
+        for name in ("bce", "rnn_hidden")
+        for seed in range(2)
+        for row in csv.DictReader(open(os.path.join(out, name, f"seed-{seed}", "history.csv")))
+    ]
+    recorded = f"- Training time recorded in the 4 runs: {sum(epoch_seconds) / 60:.1f} min"
+    assert recorded in text and sum(epoch_seconds) > 0
+    # A second call reuses the tuning records and the finished runs, and still reports
+    # their training time, not only its own (it trained nothing).
     before = os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras"))
     assert cli_main(argv) == 0
     assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
+    assert recorded in open(os.path.join(out, "results.md")).read()
     # A finished run of another seed config is refused in one line, never reused as
     # if it were this one's (the tuning records, whose config did not change, are).
     capsys.readouterr()

@@ -452,7 +452,7 @@ def write_report(
         data_dir: The shard folder they were evaluated on.
         out: Output folder.
         command: The command line to print in the report.
-        wall_seconds: Wall time of the whole reproduction, if known.
+        wall_seconds: Wall time of this invocation, if known.
         cpu_seconds: CPU time (user + system) it used, if known.
         split: The evaluated split.
         title: The Markdown title.
@@ -482,6 +482,7 @@ def write_report(
         f"# {title}",
         "",
         *_run_lines(command, wall_seconds, cpu_seconds),
+        _recorded_training_line(runs),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val['num_examples']} {split} images, {len(names)} classes",
         "",
@@ -554,7 +555,7 @@ def write_study_report(
         tuning: Optional ``{model name: tuning record}`` (``rates``,
             ``val_mAP`` by rate, ``chosen``, ``epochs``).
         command: The command line to print in the report.
-        wall_seconds: Wall time of the whole study, if known.
+        wall_seconds: Wall time of this invocation, if known.
         cpu_seconds: CPU time (user + system) it used, if known.
         title: The Markdown title.
 
@@ -602,6 +603,7 @@ def write_study_report(
         f"# {title}",
         "",
         *_run_lines(command, wall_seconds, cpu_seconds),
+        _recorded_training_line([run for runs in loaded.values() for run in runs]),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val.get('num_examples', '?')} val / {info['num_examples']} {split} images, "
         f"{len(names)} classes",
@@ -661,12 +663,26 @@ def _write_results_md(out, lines, figures):
     return path, text
 
 
+def _recorded_training_line(runs):
+    """The runs' own training time, which survives resumed and reused runs.
+
+    The header's wall time is the last invocation's only; a run's history
+    keeps every epoch's time, whichever invocation trained it.
+    """
+    minutes = [_train_minutes(run) for run in runs]
+    total = sum(m for m in minutes if math.isfinite(m))
+    return (
+        f"- Training time recorded in the {len(minutes)} runs: {total:.1f} min (their "
+        "epochs, whichever invocation trained them; tuning and evaluation not included)"
+    )
+
+
 def _run_lines(command, wall_seconds, cpu_seconds):
     """The report header's command, machine and date/time lines."""
     return [
         f"- Command: `{command}`" if command else "- Command: (library call)",
         f"- Machine: {machine_description()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}"
-        + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
+        + (f"; this invocation's wall time {wall_seconds / 60:.1f} min" if wall_seconds else "")
         + (f", CPU time {cpu_seconds / 60:.1f} min (user + system)" if cpu_seconds else ""),
     ]
