@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -186,11 +187,14 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     import kerasmlic.tuning
 
     # --seed-set reaches the seed trainings only: record what each tuning search was given.
-    real_tune, tuned_momenta = kerasmlic.tuning.tune, []
+    real_tune, tuned_momenta, tune_seconds = kerasmlic.tuning.tune, [], []
 
     def spy_tune(config, **kwargs):
         tuned_momenta.append(config["train"]["bn_momentum"])
-        return real_tune(config, **kwargs)
+        start = time.time()
+        result = real_tune(config, **kwargs)
+        tune_seconds.append(time.time() - start)
+        return result
 
     monkeypatch.setattr(kerasmlic.tuning, "tune", spy_tune)
     out = str(tmp_path / "rep")
@@ -211,6 +215,8 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
         assert set(record["val_mAP"]) == {repr(1e-3), repr(4e-3)}
         best = max(record["val_mAP"], key=lambda k: record["val_mAP"][k])
         assert record["chosen"] == float(best)
+        # The search's wall time, which keras-tuner does not keep.
+        assert abs(record["seconds"] - tune_seconds[len(f1)]) < 0.5, record["seconds"]
         for seed in range(2):
             config = yaml.safe_load(open(os.path.join(out, name, f"seed-{seed}", "config.yaml")))
             assert config["train"]["seed"] == seed
@@ -241,14 +247,30 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
         for seed in range(2)
         for row in csv.DictReader(open(os.path.join(out, name, f"seed-{seed}", "history.csv")))
     ]
-    recorded = f"- Training time recorded in the 4 runs: {sum(epoch_seconds) / 60:.1f} min"
+    records = {n: os.path.join(out, n, "tuning.json") for n in ("bce", "rnn_hidden")}
+    searched = {n: json.load(open(path))["seconds"] for n, path in records.items()}
+    recorded = (
+        f"- Training time recorded in the 4 runs: {sum(epoch_seconds) / 60:.1f} min (their "
+        "epochs, whichever invocation trained them); in the tuning searches: "
+        f"{sum(searched.values()) / 60:.1f} min; evaluation not included"
+    )
     assert recorded in text and sum(epoch_seconds) > 0
     # A second call reuses the tuning records and the finished runs, and still reports
-    # their training time, not only its own (it trained nothing).
+    # their time, not only its own (it trained nothing). A record written before the
+    # search time was kept is reused too, and the line says it carries no time.
+    record = json.load(open(records["bce"]))
+    del record["seconds"]
+    json.dump(record, open(records["bce"], "w"))
     before = os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras"))
     assert cli_main(argv) == 0
     assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
-    assert recorded in open(os.path.join(out, "results.md")).read()
+    assert "seconds" not in json.load(open(records["bce"]))  # reused, not searched again
+    partly = (
+        recorded.split("; in the tuning")[0]
+        + f"; in the tuning searches: {searched['rnn_hidden'] / 60:.1f} min "
+        "(1 of 2 records carry no time); evaluation not included"
+    )
+    assert partly in open(os.path.join(out, "results.md")).read()
     # A finished run of another seed config is refused in one line, never reused as
     # if it were this one's (the tuning records, whose config did not change, are).
     capsys.readouterr()
@@ -430,7 +452,7 @@ def test_make_study_runs_the_recorded_study_size():
     import shutil
     import subprocess
 
-    from kerasmlic.reporting.reproduce import DEFAULT_RATES, STUDY_SIZE
+    from kerasmlic.reporting.reproduce import STUDY_SIZE
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -446,13 +468,13 @@ def test_make_study_runs_the_recorded_study_size():
         f"--seeds {size['seeds']}",
         f"--epochs {size['epochs']}",
         f"--tune-epochs {size['tune_epochs']}",
+        "--rates " + ",".join(f"{r:g}" for r in size["rates"]),
         f"data.batch_size={size['batch_size']}",
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
         f"--set train.precise_bn_batches={size['precise_bn_batches']}",
         f"--seed-set train.use_ema={str(size['seed_use_ema']).lower()}",
     ):
         assert part in reproduce, part
-    assert "--rates" not in reproduce and size["rates"] == len(DEFAULT_RATES)
     assert (
         size["image_size"]
         == yaml.safe_load(open(os.path.join(root, "experiments", "bce.yaml")))["data"]["image_size"]

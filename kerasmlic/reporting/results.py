@@ -603,7 +603,7 @@ def write_study_report(
         f"# {title}",
         "",
         *_run_lines(command, wall_seconds, cpu_seconds),
-        _recorded_training_line([run for runs in loaded.values() for run in runs]),
+        _recorded_training_line([run for runs in loaded.values() for run in runs], tuning),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val.get('num_examples', '?')} val / {info['num_examples']} {split} images, "
         f"{len(names)} classes",
@@ -663,18 +663,27 @@ def _write_results_md(out, lines, figures):
     return path, text
 
 
-def _recorded_training_line(runs):
-    """The runs' own training time, which survives resumed and reused runs.
+def _recorded_training_line(runs, tuning=None):
+    """The runs' own training (and tuning) time, which survives resumed and reused runs.
 
     The header's wall time is the last invocation's only; a run's history
-    keeps every epoch's time, whichever invocation trained it.
+    keeps every epoch's time, and a tuning record its search's, whichever
+    invocation made them.
     """
     minutes = [_train_minutes(run) for run in runs]
     total = sum(m for m in minutes if math.isfinite(m))
-    return (
+    line = (
         f"- Training time recorded in the {len(minutes)} runs: {total:.1f} min (their "
-        "epochs, whichever invocation trained them; tuning and evaluation not included)"
+        "epochs, whichever invocation trained them"
     )
+    if not tuning:
+        return line + "; tuning and evaluation not included)"
+    timed = [r["seconds"] for r in tuning.values() if r.get("seconds") is not None]
+    line += f"); in the tuning searches: {sum(timed) / 60:.1f} min"
+    if len(timed) < len(tuning):
+        # Records written before the search time was kept carry none.
+        line += f" ({len(tuning) - len(timed)} of {len(tuning)} records carry no time)"
+    return line + "; evaluation not included"
 
 
 def _run_lines(command, wall_seconds, cpu_seconds):
