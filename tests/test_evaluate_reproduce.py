@@ -260,7 +260,8 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     # search time was kept is reused too, and the line says it carries no time.
     record = json.load(open(records["bce"]))
     del record["seconds"]
-    json.dump(record, open(records["bce"], "w"))
+    with open(records["bce"], "w") as f:
+        json.dump(record, f)
     before = os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras"))
     assert cli_main(argv) == 0
     assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before

@@ -29,8 +29,8 @@ model (in 22 grids of 4 rates × 3 epochs neither 5e-4 nor 4e-3 ever won, and
 6-epoch trials pick the better rate more often), 3 seeds, precise BatchNorm
 over 16 training batches after every epoch (trials and seeds), and the seeds
 evaluated on an exponential moving average of their weights
-(``train.use_ema``; not the tuning trials, which the probes behind the grid
-ran without it; ``experiments/README.md`` gives them)::
+(``train.use_ema``; not the tuning trials: the probes behind the grid ran
+without it, ``experiments/README.md``)::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
