@@ -482,7 +482,7 @@ def write_report(
         f"# {title}",
         "",
         *_run_lines(command, wall_seconds, cpu_seconds),
-        _recorded_training_line(runs),
+        _recorded_time_line(runs),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val['num_examples']} {split} images, {len(names)} classes",
         "",
@@ -553,7 +553,8 @@ def write_study_report(
         split: The split the figures are reported on (``test`` on the
             built-in data; model selection used val).
         tuning: Optional ``{model name: tuning record}`` (``rates``,
-            ``val_mAP`` by rate, ``chosen``, ``epochs``).
+            ``val_mAP`` by rate, ``chosen``, ``epochs`` and, in records
+            written since it was kept, the search's ``seconds``).
         command: The command line to print in the report.
         wall_seconds: Wall time of this invocation, if known.
         cpu_seconds: CPU time (user + system) it used, if known.
@@ -603,7 +604,7 @@ def write_study_report(
         f"# {title}",
         "",
         *_run_lines(command, wall_seconds, cpu_seconds),
-        _recorded_training_line([run for runs in loaded.values() for run in runs], tuning),
+        _recorded_time_line([run for runs in loaded.values() for run in runs], tuning),
         f"- Data: `{os.path.abspath(data_dir)}`: {train.get('num_examples', '?')} train / "
         f"{val.get('num_examples', '?')} val / {info['num_examples']} {split} images, "
         f"{len(names)} classes",
@@ -663,7 +664,7 @@ def _write_results_md(out, lines, figures):
     return path, text
 
 
-def _recorded_training_line(runs, tuning=None):
+def _recorded_time_line(runs, tuning=None):
     """The runs' own training (and tuning) time, which survives resumed and reused runs.
 
     The header's wall time is the last invocation's only; a run's history
@@ -671,19 +672,20 @@ def _recorded_training_line(runs, tuning=None):
     invocation made them.
     """
     minutes = [_train_minutes(run) for run in runs]
-    total = sum(m for m in minutes if math.isfinite(m))
-    line = (
-        f"- Training time recorded in the {len(minutes)} runs: {total:.1f} min (their "
+    training = sum(m for m in minutes if math.isfinite(m))
+    head = (
+        f"- Training time recorded in the {len(minutes)} runs: {training:.1f} min (their "
         "epochs, whichever invocation trained them"
     )
     if not tuning:
-        return line + "; tuning and evaluation not included)"
+        return f"{head}; tuning and evaluation not included)"
     timed = [r["seconds"] for r in tuning.values() if r.get("seconds") is not None]
-    line += f"); in the tuning searches: {sum(timed) / 60:.1f} min"
-    if len(timed) < len(tuning):
-        # Records written before the search time was kept carry none.
-        line += f" ({len(tuning) - len(timed)} of {len(tuning)} records carry no time)"
-    return line + "; evaluation not included"
+    untimed = len(tuning) - len(timed)  # records written before the search time was kept
+    carried = f" ({untimed} of {len(tuning)} records carry no time)" if untimed else ""
+    return (
+        f"{head}); in the tuning searches: {sum(timed) / 60:.1f} min{carried}; "
+        "evaluation not included"
+    )
 
 
 def _run_lines(command, wall_seconds, cpu_seconds):
