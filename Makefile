@@ -36,7 +36,7 @@ format: $(STAMP)
 
 # The built-in study (experiments/README.md): 1000/500/1000 images, every model
 # tuned over 2 rates (6-epoch trials) and trained with 3 seeds (evaluated on
-# the weights' EMA); resumes where it stopped.
+# the weights' EMA), two tasks at once; resumes where it stopped.
 STUDY_DATA := data/study
 STUDY_SHARDS := data/study-shards
 # The stamp names the size, so data of an earlier size is rebuilt, never reused.
@@ -54,7 +54,7 @@ study: $(STAMP) $(STUDY_BUILT)
 	$(BIN)/kerasmlic reproduce --data $(STUDY_SHARDS) --seeds 3 --epochs 24 \
 		--rates 0.001,0.002 --tune-epochs 6 \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-		--set train.precise_bn_batches=16 --seed-set train.use_ema=true --out runs/study
+		--set train.precise_bn_batches=16 --seed-set train.use_ema=true --jobs 2 --out runs/study
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py

@@ -283,6 +283,61 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     assert os.path.getmtime(os.path.join(out, "bce", "seed-1", "best.keras")) == before
 
 
+@pytest.mark.slow
+def test_reproduce_jobs_run_at_once_and_die_with_a_killed_parent(shards_with_test, tmp_path):
+    """--jobs 2: two workers search, then train, at once; kill -9 of the parent ends them."""
+    import re
+    import signal
+    import subprocess
+
+    from helpers_training import cli_command, subprocess_env
+    from test_processes import wait_gone
+
+    out = str(tmp_path / "rep")
+    args = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden", "--jobs", "2"]
+    args += ["--epochs", "1", "--seeds", "1", "--rates", "1e-3", "--tune-epochs", "1"]
+    args += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
+    log_path = str(tmp_path / "log")
+    started = [os.path.join(out, m, "seed-0", "config.yaml") for m in ("bce", "rnn_hidden")]
+    evaluated = [os.path.join(out, m, "seed-0", "eval_test.json") for m in ("bce", "rnn_hidden")]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cli_command(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not all(map(os.path.isfile, started)) and proc.poll() is None:
+            assert time.monotonic() < deadline, open(log_path).read()
+            time.sleep(0.05)
+        # Both seed runs began before either was evaluated: they ran at once.
+        assert all(map(os.path.isfile, started)) and not any(map(os.path.isfile, evaluated))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = open(log_path).read()
+    pool_line = r"(\d+) (searches|seed runs) in 2 worker processes \(pids (\d+), (\d+)\)"
+    pools = re.findall(pool_line, text)
+    assert [p[:2] for p in pools] == [("2", "searches"), ("2", "seed runs")], text
+    # Every line a worker printed is behind its task's label.
+    assert "[bce] bce: learning rate 0.001 (val mAP" in text
+    assert "[rnn_hidden seed 0] rnn_hidden seed 0: training into" in text
+    workers = [int(pid) for pool in pools for pid in pool[2:]]
+    assert wait_gone(workers, timeout=10) == []  # no orphan keeps training into OUT
+    assert not any(map(os.path.isfile, evaluated))
+    # The same command again reuses both searches and finishes the killed runs.
+    done = subprocess.run(
+        cli_command(*args), env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bce: learning rate 0.001 from" in done.stdout and "searches in" not in done.stdout
+    assert "2 seed runs in 2 worker processes" in done.stdout
+    check_report(out, ["bce", "rnn_hidden"], split="test")
+    assert "--jobs 2" in open(os.path.join(out, "results.md")).read()
+
+
 def test_reused_records_are_checked_against_config_and_shards(shards, tmp_path):
     """A digest and a finished run's differences see a changed key and rebuilt shards."""
     import shutil
@@ -474,6 +529,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
         f"--set train.precise_bn_batches={size['precise_bn_batches']}",
         f"--seed-set train.use_ema={str(size['seed_use_ema']).lower()}",
+        f"--jobs {size['jobs']}",
     ):
         assert part in reproduce, part
     assert (

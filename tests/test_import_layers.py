@@ -4,7 +4,8 @@ Every module under ``kerasmlic/`` is parsed with :mod:`ast` (nothing is
 imported), and every import statement counts: at module level, inside a
 function, under ``if TYPE_CHECKING``. The layers, lowest first::
 
-    ground      errors, categories, version, quiet_start (import no kerasmlic module)
+    ground      errors, categories, version, quiet_start, processes (import no
+                kerasmlic module)
     data        data/*, metrics/*
     models      models/*
     evaluation  evaluation/*
@@ -47,7 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "kerasmlic"
 
 LAYERS = (
-    ("ground", ("errors", "categories", "version", "quiet_start")),
+    ("ground", ("errors", "categories", "version", "quiet_start", "processes")),
     ("data", ("data", "metrics")),
     ("models", ("models",)),
     ("evaluation", ("evaluation",)),

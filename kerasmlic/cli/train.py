@@ -127,7 +127,7 @@ def cmd_evaluate(args):
 
 
 def add_reproduce_parser(sub):
-    """Add ``kerasmlic reproduce --data DIR [--models a,b,...] [--epochs N] [--out DIR]``.
+    """Add ``kerasmlic reproduce --data DIR [--models a,b] [--epochs N] [--jobs N] [--out DIR]``.
 
     Args:
         sub: The ``add_subparsers()`` object of the main parser.
@@ -173,6 +173,12 @@ def add_reproduce_parser(sub):
         help="override a config key in the seed trainings only, after --set; the tuning "
         "trials keep --set alone (repeatable)",
     )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="searches and seed runs at once, each in a worker process (default 1)",
+    )
     p.set_defaults(func=cmd_reproduce)
     return p
 
@@ -202,6 +208,7 @@ def cmd_reproduce(args):
         tune_epochs=args.tune_epochs,
         overrides=args.overrides,
         seed_overrides=args.seed_overrides,
+        jobs=args.jobs,
     )
 
 

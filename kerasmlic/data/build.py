@@ -73,6 +73,7 @@ from kerasmlic.data.images import (
 )
 from kerasmlic.data.manifest import file_sha256
 from kerasmlic.errors import UsageError
+from kerasmlic.processes import exit_with_parent
 
 MIN_SHARDS = 8
 EXAMPLES_PER_SHARD = 1000
@@ -217,22 +218,6 @@ def _remove(path):
         pass
 
 
-def _exit_with_parent(parent_pid):
-    """Worker initializer: exit when the build process is gone (e.g. ``kill -9``).
-
-    A pool worker waits on a queue whose write end it holds itself, so it never
-    sees the parent die; a daemon thread polls the parent id instead.
-    """
-    import threading
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
 def _prepare_chunk(entries, max_side):
     """Read and check a run of planned images (runs in a worker process).
 
@@ -272,7 +257,7 @@ class _PreparedStream:
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
+                initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
             for _ in range(2 * workers):

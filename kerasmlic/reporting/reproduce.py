@@ -20,7 +20,10 @@ model's name when the file is missing):
 paired t-test of each model against BCE on F1@3, the ordering check on the
 means and ``seed_error_bars.png``. Finished runs, evaluations and tuning
 records in ``OUT`` are reused and an interrupted run resumes, so running the
-command again after a crash only does what is left.
+command again after a crash only does what is left. ``--jobs N`` runs N
+searches, then N seed runs, at once, each in a worker process that dies with
+this one: one TensorFlow process keeps about 1.4 of 2 cores busy, so two
+fill them.
 
 Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
 500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
@@ -30,7 +33,7 @@ model (in 22 grids of 4 rates × 3 epochs neither 5e-4 nor 4e-3 ever won, and
 over 16 training batches after every epoch (trials and seeds), and the seeds
 evaluated on an exponential moving average of their weights
 (``train.use_ema``; not the tuning trials: the probes behind the grid ran
-without it, ``experiments/README.md``)::
+without it, ``experiments/README.md``), two tasks at once::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
@@ -38,7 +41,8 @@ without it, ``experiments/README.md``)::
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 \
         --rates 0.001,0.002 --tune-epochs 6 \
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-        --set train.precise_bn_batches=16 --seed-set train.use_ema=true --out runs/study
+        --set train.precise_bn_batches=16 --seed-set train.use_ema=true --jobs 2 \
+        --out runs/study
 
 Its measured time and convergence are in ``experiments/README.md``.
 """
@@ -76,15 +80,20 @@ STUDY_SIZE = {
     "precise_bn_batches": 16,
     "seeds": 3,
     "seed_use_ema": True,
+    "jobs": 2,
 }
 """The built-in study's size (command: the module docstring; time: experiments/README.md)."""
 
 
 def _cpu_seconds():
+    """CPU time (user + system) of this process and of its finished worker processes."""
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    own, workers = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def experiments_dir():
@@ -164,12 +173,57 @@ def report_split(manifest):
     return "test" if "test" in manifest["splits"] else "val"
 
 
-def tune_learning_rate(config, rates, epochs, out, *, log=print):
+def _search_config(config, rates, epochs):
+    """The config of a model's learning-rate search (its trials' seed is 0)."""
+    base = copy.deepcopy(config)
+    base["run_dir"] = None
+    base["tune"] = {
+        "tuner": "grid",
+        "epochs": epochs,
+        "seed": 0,
+        "max_consecutive_failed_trials": len(rates),
+        "space": {"train.learning_rate": {"choice": [float(r) for r in rates]}},
+    }
+    base["train"]["seed"] = 0
+    return base
+
+
+def reusable_tuning_record(config, rates, epochs, out, *, log=print):
+    """Return ``out/<name>/tuning.json`` if this same search made it, else None.
+
+    Same search: the same rates, epochs, config and shards (the record's
+    ``fingerprint``). A record of another search is left for
+    :func:`search_learning_rate` to replace.
+
+    Args:
+        config: The model's resolved config.
+        rates: Learning rates of the search.
+        epochs: Epochs per trial.
+        out: The study's output folder.
+        log: A ``print``-like function (told what was reused or why not).
+
+    Returns:
+        The record or None.
+    """
+    name = config["model"]["name"]
+    path = os.path.join(out, name, TUNING_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    base = _search_config(config, rates, epochs)
+    if record.get("fingerprint") != config_fingerprint(base, config["data"]["dir"]):
+        log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
+        return None
+    log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
+    return record
+
+
+def search_learning_rate(config, rates, epochs, out, *, log=print):
     """Pick a model's learning rate with a keras-tuner grid search on val mAP.
 
-    A record in ``out/<name>/tuning.json`` from an earlier call with the same
-    rates, epochs, config and shards (its ``fingerprint``) is reused; one of
-    another config or of rebuilt shards is searched again and replaced.
+    Always searches, and writes (or replaces) ``out/<name>/tuning.json``;
+    :func:`reusable_tuning_record` says whether an earlier search can stand in.
 
     Args:
         config: The model's resolved config (its other settings are kept).
@@ -190,25 +244,8 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
 
     name = config["model"]["name"]
     path = os.path.join(out, name, TUNING_RECORD)
-    rates = [float(r) for r in rates]
-    base = copy.deepcopy(config)
-    base["run_dir"] = None
-    base["tune"] = {
-        "tuner": "grid",
-        "epochs": epochs,
-        "seed": 0,
-        "max_consecutive_failed_trials": len(rates),
-        "space": {"train.learning_rate": {"choice": rates}},
-    }
-    base["train"]["seed"] = 0
+    base = _search_config(config, rates, epochs)
     fingerprint = config_fingerprint(base, config["data"]["dir"])
-    if os.path.isfile(path):
-        with open(path) as f:
-            record = json.load(f)
-        if record.get("fingerprint") == fingerprint:
-            log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
-            return record
-        log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
     search_start = time.time()
     result = tune(
         base,
@@ -226,7 +263,7 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
             scores[repr(float(rate))] = row["score"] if row["status"] == "COMPLETED" else None
     chosen = float(result["trials"][0]["values"]["train.learning_rate"])
     record = {
-        "rates": rates,
+        "rates": [float(r) for r in rates],
         "epochs": epochs,
         "val_mAP": scores,
         "chosen": chosen,
@@ -237,6 +274,61 @@ def tune_learning_rate(config, rates, epochs, out, *, log=print):
     write_json_atomic(path, record)
     log(f"{name}: learning rate {chosen:g} (val mAP {100 * result['best_val_mAP']:.1f})")
     return record
+
+
+def _tune_task(config, rates, epochs, out, log=print):
+    """One model's search (a task of :func:`_run_tasks`); returns ``(name, record)``."""
+    return config["model"]["name"], search_learning_rate(config, rates, epochs, out, log=log)
+
+
+def _seed_task(run, data_dir, split, log=print):
+    """Train one seed run unless it finished, then evaluate it on ``split`` unless done."""
+    import keras
+
+    from kerasmlic.evaluation import evaluate_run
+    from kerasmlic.evaluation.rundir import RunPaths, is_finished
+    from kerasmlic.training import train
+
+    name, seed = run["model"]["name"], run["train"]["seed"]
+    if not is_finished(run["run_dir"]):
+        log(f"{name} seed {seed}: training into {run['run_dir']}")
+        train(run, log=log)
+        keras.backend.clear_session()  # free the finished model's graphs and variables
+    if not os.path.isfile(RunPaths(run["run_dir"]).eval_json(split)):
+        evaluate_run(run["run_dir"], data_dir, split, log=None)
+        keras.backend.clear_session()
+    return run["run_dir"]
+
+
+def _start_worker():
+    """A worker process's set-up: TensorFlow's start-up lines quietened as in the CLI."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kerasmlic import quiet_start
+
+    quiet_start.install()
+
+
+def _run_tasks(kind, function, tasks, jobs, log):
+    """Yield ``function(*args)`` for every ``(label, args)`` task.
+
+    With ``jobs`` 1 the tasks run here, in order, logging through ``log``;
+    otherwise in ``min(jobs, len(tasks))`` worker processes, which print their
+    lines behind ``[label]`` and are killed if a task fails or the caller stops
+    (a killed training resumes on the next call).
+    """
+    from kerasmlic.processes import WorkerPool
+
+    if jobs == 1:
+        for _, args in tasks:
+            yield function(*args, log=log)
+        return
+    if not tasks:
+        return
+    size = min(jobs, len(tasks))
+    with WorkerPool(size, initializer=_start_worker, expected_errors=(UsageError,)) as pool:
+        pids = ", ".join(map(str, pool.pids))
+        log(f"{len(tasks)} {kind} in {size} worker processes (pids {pids})")
+        yield from pool.map_unordered(function, tasks)
 
 
 def seed_run_dir(out, name, seed):
@@ -255,6 +347,7 @@ def reproduce(
     tune_epochs=None,
     overrides=(),
     seed_overrides=(),
+    jobs=1,
     log=print,
 ):
     """Tune, train over seeds and report every model of the study (or ``models``).
@@ -275,6 +368,9 @@ def reproduce(
             a setting that a short trial would judge unfairly, such as a
             slow ``train.bn_momentum`` whose statistics lag the weights for
             the first epochs.
+        jobs: Searches and seed runs at once, each in its own worker process
+            (``--jobs``; default 1: one after another, in this process). All
+            searches run before the seed runs, whose rates they pick.
         log: A ``print``-like function.
 
     Returns:
@@ -286,16 +382,16 @@ def reproduce(
         UsageError: Unknown model, missing data, a bad config or count.
     """
     from kerasmlic.data.manifest import load_manifest
-    from kerasmlic.evaluation import evaluate_run
     from kerasmlic.evaluation.rundir import RunPaths, is_finished
     from kerasmlic.models.registry import model_names
     from kerasmlic.reporting.results import write_study_report
-    from kerasmlic.training import train
 
     start, cpu_start = time.time(), _cpu_seconds()
     manifest = load_manifest(data_dir)  # a clear error before any training
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"--seeds must be a positive integer, got {seeds!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
     models = list(models) if models else all_models()
     valid = model_names()
     unknown = [m for m in models if m not in valid]
@@ -319,22 +415,33 @@ def reproduce(
         )
         for m in models
     ]
-    tuning, groups = {}, {}
-    for i, (config, seed_config) in enumerate(configs, 1):
-        import keras
-
+    for i, (config, _) in enumerate(configs, 1):
         name = config["model"]["name"]
-        source = model_config_path(name) or "defaults"
-        log(f"[{i}/{len(configs)}] {name} ({source})")
-        if rates:
+        log(f"[{i}/{len(configs)}] {name} ({model_config_path(name) or 'defaults'})")
+    tuning = {}
+    if rates:
+        searches = []
+        for config, _ in configs:
+            name = config["model"]["name"]
             trial_epochs = tune_epochs or max(1, config["train"]["epochs"] // 2)
-            tuning[name] = tune_learning_rate(config, rates, trial_epochs, out, log=log)
+            record = reusable_tuning_record(config, rates, trial_epochs, out, log=log)
+            if record is None:
+                searches.append((name, (config, rates, trial_epochs, out)))
+            else:
+                tuning[name] = record
+        for name, record in _run_tasks("searches", _tune_task, searches, jobs, log):
+            tuning[name] = record
+    groups, seed_tasks = {}, []
+    for _, seed_config in configs:
+        name = seed_config["model"]["name"]
+        if rates:
             seed_config["train"]["learning_rate"] = tuning[name]["chosen"]
         groups[name] = []
         for seed in range(seeds):
             run = copy.deepcopy(seed_config)
             run["train"]["seed"] = seed
             run["run_dir"] = seed_run_dir(out, name, seed)
+            groups[name].append(run["run_dir"])
             if is_finished(run["run_dir"]):
                 stale = finished_run_differences(run["run_dir"], run, data_dir)
                 if stale:
@@ -343,15 +450,17 @@ def reproduce(
                         f"rebuilt shards (differs in {', '.join(stale)}); delete it or pass "
                         "another --out"
                     )
-                log(f"{name} seed {seed}: finished run in {run['run_dir']}, reused")
-            else:
-                log(f"{name} seed {seed}: training into {run['run_dir']}")
-                train(run, log=log)
-                keras.backend.clear_session()  # free the finished model's graphs and variables
-            if not os.path.isfile(RunPaths(run["run_dir"]).eval_json(split)):
-                evaluate_run(run["run_dir"], data_dir, split, log=None)
-                keras.backend.clear_session()
-            groups[name].append(run["run_dir"])
+                if os.path.isfile(RunPaths(run["run_dir"]).eval_json(split)):
+                    log(f"{name} seed {seed}: finished and evaluated in {run['run_dir']}, reused")
+                    continue
+            seed_tasks.append((name, f"{name} seed {seed}", (run, data_dir, split)))
+    if jobs > 1:
+        # The costliest models first (their search time says which), so the last
+        # tasks to finish are short ones and no worker idles long at the end.
+        seed_tasks.sort(key=lambda task: -tuning.get(task[0], {}).get("seconds") or 0)
+    seed_tasks = [(label, args) for _, label, args in seed_tasks]
+    for _ in _run_tasks("seed runs", _seed_task, seed_tasks, jobs, log):
+        pass
     command = "kerasmlic " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not sys.argv[1:2] == ["reproduce"]:
         command = (
@@ -361,6 +470,7 @@ def reproduce(
             + (f" --tune-epochs {tune_epochs}" if tune_epochs else "")
             + "".join(f" --set {shlex.quote(o)}" for o in overrides)
             + "".join(f" --seed-set {shlex.quote(o)}" for o in seed_overrides)
+            + (f" --jobs {jobs}" if jobs > 1 else "")
             + f" --out {out}"
         )
     report = write_study_report(
@@ -371,7 +481,7 @@ def reproduce(
         tuning=tuning,
         command=command,
         wall_seconds=time.time() - start,
-        cpu_seconds=_cpu_seconds() - cpu_start,
+        cpu_seconds=_cpu_seconds() - cpu_start,  # the workers' included
     )
     log(f"wrote {report['results']} and {len(report['plots'])} plots in {out}")
     return {**report, "split": split, "tuning": tuning, "run_dirs": groups}
