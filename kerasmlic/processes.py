@@ -74,8 +74,9 @@ class _PrefixedLines(io.TextIOBase):
 
 
 def _picklable(error):
+    """``error`` if it survives the trip to the parent, else a RuntimeError with its text."""
     try:
-        pickle.dumps(error)
+        pickle.loads(pickle.dumps(error))  # some exceptions pickle but cannot be rebuilt
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")

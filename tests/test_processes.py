@@ -19,9 +19,15 @@ def square_with_pid(x):
     return x * x, os.getpid()
 
 
-def wait_then_square(x, seconds):
-    time.sleep(seconds)
-    return x * x
+def wait_or_touch(role, path):
+    """``wait``: return once ``path`` exists; ``touch``: create it. So ``wait`` ends last."""
+    if role == "touch":
+        open(path, "w").close()
+        return role
+    deadline = time.time() + 60
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    return role
 
 
 def fail_on(x, bad):
@@ -63,10 +69,13 @@ def test_results_come_from_the_workers_with_labelled_lines(capfd):
     assert wait_gone(pids) == []  # a normal end lets the workers finish
 
 
-def test_results_arrive_in_the_order_tasks_finish():
+def test_results_arrive_in_the_order_tasks_finish(tmp_path):
+    # The first task cannot end before the second: however slow the machine, the
+    # second's result must come first (in submission order it would come last).
+    flag = str(tmp_path / "flag")
     with WorkerPool(2) as pool:
-        tasks = [("slow", (3, 2.0)), ("fast", (2, 0.1))]
-        assert list(pool.map_unordered(wait_then_square, tasks)) == [4, 9]
+        tasks = [("first", ("wait", flag)), ("second", ("touch", flag))]
+        assert list(pool.map_unordered(wait_or_touch, tasks)) == ["touch", "wait"]
 
 
 def test_a_failing_task_raises_here_and_kills_the_other_worker(capfd):
