@@ -1,5 +1,6 @@
 """Test helpers for training, evaluation and reproduce: tiny shards and a CLI runner."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,3 +81,14 @@ def run_cli(args, cwd, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def sigkilled_on_exit(proc):
+    """Yield ``proc``; on leaving, SIGKILL it if it still runs and reap it (also on failure)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)

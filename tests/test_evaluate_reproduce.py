@@ -290,7 +290,7 @@ def test_reproduce_jobs_run_at_once_and_die_with_a_killed_parent(shards_with_tes
     import signal
     import subprocess
 
-    from helpers_training import cli_command, subprocess_env
+    from helpers_training import cli_command, sigkilled_on_exit, subprocess_env
     from test_processes import wait_gone
 
     out = str(tmp_path / "rep")
@@ -304,19 +304,14 @@ def test_reproduce_jobs_run_at_once_and_die_with_a_killed_parent(shards_with_tes
         proc = subprocess.Popen(
             cli_command(*args), env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
         )
-    try:
+    with sigkilled_on_exit(proc):
         deadline = time.monotonic() + 300
         while not all(map(os.path.isfile, started)) and proc.poll() is None:
             assert time.monotonic() < deadline, open(log_path).read()
             time.sleep(0.05)
         # Both seed runs began before either was evaluated: they ran at once.
         assert all(map(os.path.isfile, started)) and not any(map(os.path.isfile, evaluated))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed while running, not ended on its own
     text = open(log_path).read()
     pool_line = r"(\d+) (searches|seed runs) in 2 worker processes \(pids (\d+), (\d+)\)"
     pools = re.findall(pool_line, text)

@@ -22,7 +22,7 @@ import time
 import psutil
 import pytest
 from helpers_data import write_tiny_coco
-from helpers_training import cli_command, subprocess_env, tiny_shards
+from helpers_training import cli_command, sigkilled_on_exit, subprocess_env, tiny_shards
 
 from kerasmlic.data.verify import verify_data
 
@@ -66,7 +66,7 @@ def _kill_build(args, out, when, rng):
         stderr=subprocess.DEVNULL,
     )
     workers = set()
-    try:
+    with sigkilled_on_exit(proc):
         deadline = time.monotonic() + 120
         start = _sidecars(out)
         if when == "early":
@@ -81,12 +81,6 @@ def _kill_build(args, out, when, rng):
             workers = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         except psutil.NoSuchProcess:
             pass
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     return proc.returncode, workers
 
 
