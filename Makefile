@@ -54,7 +54,8 @@ study: $(STAMP) $(STUDY_BUILT)
 	$(BIN)/kerasmlic reproduce --data $(STUDY_SHARDS) --seeds 3 --epochs 24 \
 		--rates 0.001,0.002 --tune-epochs 6 \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-		--set train.precise_bn_batches=16 --seed-set train.use_ema=true --jobs 2 --out runs/study
+		--set train.precise_bn_batches=16 --seed-set train.use_ema=true \
+		--seed-set evaluation.every=2 --jobs 2 --out runs/study
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py

@@ -202,7 +202,8 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     argv += ["--epochs", "1", "--seeds", "2", "--rates", "1e-3,4e-3", "--tune-epochs", "1"]
     argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
     # 0.8, not a slow 0.99: after one epoch that would leave near-constant scores.
-    argv += ["--set", "train.verbose=0", "--seed-set", "train.bn_momentum=0.8"]
+    argv += ["--set", "train.verbose=0", "--seed-set", "evaluation.every=2"]
+    argv += ["--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
     assert tuned_momenta == [None, None]
     text = check_report(out, ["bce", "rnn_hidden"], split="test", seeds=2)
@@ -222,6 +223,8 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
             assert config["train"]["seed"] == seed
             assert config["train"]["learning_rate"] == record["chosen"]
             assert config["train"]["bn_momentum"] == 0.8
+            # Validated every 2 epochs, but always the last 3 the convergence rule reads.
+            assert config["evaluation"]["every"] == 2 and config["evaluation"]["last_epochs"] == 3
             assert config["data"]["batch_size"] == 8  # --set still applies
         f1[name] = [
             json.load(open(os.path.join(out, name, f"seed-{s}", "eval_test.json")))["OF1_top3"]
@@ -524,6 +527,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
         f"--set train.precise_bn_batches={size['precise_bn_batches']}",
         f"--seed-set train.use_ema={str(size['seed_use_ema']).lower()}",
+        f"--seed-set evaluation.every={size['seed_evaluation_every']}",
         f"--jobs {size['jobs']}",
     ):
         assert part in reproduce, part

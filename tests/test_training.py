@@ -17,6 +17,7 @@ from kerasmlic.data.manifest import file_sha256
 from kerasmlic.errors import UsageError
 from kerasmlic.metrics import RESULT_KEYS, evaluate_predictions
 from kerasmlic.training import callbacks as cb
+from kerasmlic.training import config as config_lib
 from kerasmlic.training import rundir
 from kerasmlic.training.losses import WeightedBinaryCrossentropy, class_weights
 from kerasmlic.training.optim import ema_weights, make_schedule
@@ -468,7 +469,7 @@ def test_mixed_precision_ema_and_xla_flags_train(shards, tmp_path):
     assert 0 < results["mAP"] <= 1
 
 
-def test_precise_batchnorm_runs_at_every_epoch_end_before_validation(shards, tmp_path, monkeypatch):
+def test_precise_batchnorm_runs_before_each_validation_pass_only(shards, tmp_path, monkeypatch):
     from kerasmlic.training import precise_bn, train
 
     real, calls = precise_bn.recompute_batchnorm_statistics, []
@@ -479,12 +480,32 @@ def test_precise_batchnorm_runs_at_every_epoch_end_before_validation(shards, tmp
 
     monkeypatch.setattr(precise_bn, "recompute_batchnorm_statistics", spy)
     lines = []
-    config = tiny_config(shards, tmp_path / "precise", epochs=2, train__precise_bn_batches=2)
+    # Validated: epoch 3 (every 3) and epochs 4-5 (the last 2); 1 and 2 are not.
+    config = tiny_config(
+        shards,
+        tmp_path / "precise",
+        epochs=5,
+        train__precise_bn_batches=2,
+        evaluation__every=3,
+        evaluation__last_epochs=2,
+    )
     train(config, log=lines.append)
     evaluated = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
-    # Each epoch: 2 batches averaged, then that epoch's validation line.
-    assert [count for _, count in calls] == [2, 2] and len(evaluated) == 2
-    assert calls[0][0] <= evaluated[0] < calls[1][0] <= evaluated[1]
+    assert [lines[i].split(":")[0] for i in evaluated] == ["epoch 3", "epoch 4", "epoch 5"]
+    # Each validation pass: 2 batches averaged just before it; none on the other epochs.
+    assert [count for _, count in calls] == [2, 2, 2]
+    assert calls[0][0] <= evaluated[0] < calls[1][0] <= evaluated[1] < calls[2][0] <= evaluated[2]
+    val = [float(row["val_mAP"]) for row in history_rows(tmp_path / "precise" / "history.csv")]
+    assert [math.isfinite(v) for v in val] == [False, False, True, True, True]
+
+
+def test_validation_schedule_every_n_and_the_last_epochs_hand_worked():
+    evaluation = cb.MultiLabelEvaluation(None, [], every=3, last_epochs=3, final_epoch=10)
+    assert [e + 1 for e in range(10) if evaluation.due(e)] == [3, 6, 8, 9, 10]
+    evaluation = cb.MultiLabelEvaluation(None, [], every=4, final_epoch=10)
+    assert [e + 1 for e in range(10) if evaluation.due(e)] == [4, 8, 10]  # the last one always
+    with pytest.raises(UsageError, match="last_epochs"):
+        config_lib.load_config(None, ["evaluation.last_epochs=0"], **{"model.name": "bce"})
 
 
 # ------------------------------------------- early stopping, determinism, holdout

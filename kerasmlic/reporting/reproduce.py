@@ -11,7 +11,9 @@ model's name when the file is missing):
    (project in ``OUT/tune/<name>``). ``--rates none`` keeps the configs' rates.
 2. **Seeds**: ``--seeds N`` full trainings with that rate and ``train.seed`` =
    0..N-1, into ``OUT/<name>/seed-<k>``; ``--seed-set KEY=VALUE`` overrides
-   apply to these and not to the tuning trials.
+   apply to these and not to the tuning trials. With ``evaluation.every`` > 1
+   each run's last 3 epochs are still validated: the report's convergence
+   rule compares their val mAPs.
 3. **Figures** on the ``test`` split when the shards have one (``kerasmlic
    synth --test N`` + ``build --split test``), else on val (said in the
    report); best epoch, early stopping and the rate were chosen on val.
@@ -30,10 +32,11 @@ Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
 cosine schedule decaying to 0, 2 rates (1e-3, 2e-3) × 6 epochs of tuning per
 model (in 22 grids of 4 rates × 3 epochs neither 5e-4 nor 4e-3 ever won, and
 6-epoch trials pick the better rate more often), 3 seeds, precise BatchNorm
-over 16 training batches after every epoch (trials and seeds), and the seeds
-evaluated on an exponential moving average of their weights
+over 16 training batches before every validation pass (trials and seeds), the
+seeds evaluated on an exponential moving average of their weights
 (``train.use_ema``; not the tuning trials: the probes behind the grid ran
-without it, ``experiments/README.md``), two tasks at once::
+without it, ``experiments/README.md``) and validated every 2 epochs and on
+each of the last 3 (the trials every epoch), two tasks at once::
 
     kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
@@ -41,8 +44,8 @@ without it, ``experiments/README.md``), two tasks at once::
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 \
         --rates 0.001,0.002 --tune-epochs 6 \
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
-        --set train.precise_bn_batches=16 --seed-set train.use_ema=true --jobs 2 \
-        --out runs/study
+        --set train.precise_bn_batches=16 --seed-set train.use_ema=true \
+        --seed-set evaluation.every=2 --jobs 2 --out runs/study
 
 Its measured time and convergence are in ``experiments/README.md``.
 """
@@ -55,7 +58,7 @@ import sys
 import time
 
 from kerasmlic.errors import UsageError
-from kerasmlic.reporting.results import STUDY_MODELS
+from kerasmlic.reporting.results import CONVERGED_EPOCHS, STUDY_MODELS
 from kerasmlic.training import config as config_lib
 from kerasmlic.training.rundir import config_fingerprint, finished_run_differences
 
@@ -80,6 +83,7 @@ STUDY_SIZE = {
     "precise_bn_batches": 16,
     "seeds": 3,
     "seed_use_ema": True,
+    "seed_evaluation_every": 2,
     "jobs": 2,
 }
 """The built-in study's size (command: the module docstring; time: experiments/README.md)."""
@@ -436,6 +440,11 @@ def reproduce(
         name = seed_config["model"]["name"]
         if rates:
             seed_config["train"]["learning_rate"] = tuning[name]["chosen"]
+        evaluation = seed_config["evaluation"]
+        if evaluation["every"] > 1:
+            # The convergence rule reads the last 3 val mAPs: those epochs are each
+            # validated whatever evaluation.every says.
+            evaluation["last_epochs"] = max(evaluation["last_epochs"], CONVERGED_EPOCHS)
         groups[name] = []
         for seed in range(seeds):
             run = copy.deepcopy(seed_config)

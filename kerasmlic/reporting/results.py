@@ -188,8 +188,11 @@ def seed_summary(groups):
 CONVERGED_SPREAD = 0.005
 """A run has converged when its last 3 val mAPs lie within this (0.5 point)."""
 
+CONVERGED_EPOCHS = 3
+"""How many final val mAPs the convergence rule compares."""
 
-def last_epochs_spread(history, last=3):
+
+def last_epochs_spread(history, last=CONVERGED_EPOCHS):
     """Spread (max - min) of the last ``last`` val mAPs of a run's history.
 
     The study's convergence criterion: no best epoch is restored, so a run

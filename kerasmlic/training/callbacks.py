@@ -111,7 +111,10 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
         predict_fn: ``predict_fn(model) -> (y_true, scores, predicted)`` numpy
             arrays over the validation split.
         class_names: Names for ``per_class``.
-        every: Evaluate every this many epochs (and always on the last one).
+        every: Evaluate every this many epochs (and always on the last ones).
+        last_epochs: How many of the run's final epochs are each evaluated
+            whatever ``every`` says (at least the last one): the convergence
+            rule of ``kerasmlic reproduce`` reads the last 3.
         best_path: Where to save the best model (``.keras``), or None.
         log: A ``print``-like function for the one-line summary.
         final_epoch: The run's last epoch (1-based), always evaluated; default
@@ -119,10 +122,19 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, predict_fn, class_names, *, every=1, best_path=None, log=print, final_epoch=None
+        self,
+        predict_fn,
+        class_names,
+        *,
+        every=1,
+        last_epochs=1,
+        best_path=None,
+        log=print,
+        final_epoch=None,
     ):
         super().__init__()
         self.final_epoch = final_epoch
+        self.last_epochs = max(1, int(last_epochs))
         self.predict_fn = predict_fn
         self.class_names = list(class_names)
         self.every = max(1, int(every))
@@ -152,12 +164,23 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
         y_true, scores, predicted = self.predict_fn(self.model)
         return evaluate_predictions(y_true, scores, predicted, class_names=self.class_names)
 
+    def due(self, epoch):
+        """Whether the validation pass runs at the end of ``epoch`` (0-based).
+
+        Args:
+            epoch: The epoch index, as Keras passes it to callbacks.
+
+        Returns:
+            True every ``every`` epochs and on each of the last ``last_epochs``.
+        """
+        last = self.final_epoch or (self.params.get("epochs") if self.params else None)
+        final = last is not None and epoch + 1 > last - self.last_epochs
+        return (epoch + 1) % self.every == 0 or final
+
     def on_epoch_end(self, epoch, logs=None):
         """Evaluate on schedule, log the figures, save the best model."""
         logs = logs if logs is not None else {}
-        last = self.final_epoch or (self.params.get("epochs") if self.params else None)
-        due = (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 >= last)
-        if not due:
+        if not self.due(epoch):
             for key in LOGGED_METRICS:
                 logs[f"val_{key}"] = float("nan")
             return

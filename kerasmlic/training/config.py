@@ -94,6 +94,9 @@ DEFAULTS = {
     },
     "evaluation": {
         "every": 1,  # epochs between validation passes
+        # The run's final epochs, each validated whatever `every` says (reproduce's
+        # convergence rule reads the last 3 val mAPs).
+        "last_epochs": 1,
         "batch_size": 64,
         "calibrate": False,  # per-class F1-optimal thresholds, saved in the model
         # Where thresholds are fit: "train-holdout" (a fraction of train held out of
@@ -126,6 +129,7 @@ _POSITIVE = {
     ("train", "max_pos_weight"),
     ("data", "augment", "randaugment", "magnitude"),
     ("evaluation", "every"),
+    ("evaluation", "last_epochs"),
     ("evaluation", "batch_size"),
 }
 _NON_NEGATIVE = {

@@ -11,11 +11,15 @@ training mode and each layer's moving mean and variance become the plain
 average of the per-batch means and variances, the statistics training itself
 normalised with.
 
-``train.precise_bn_batches: N`` (0 = off) runs it after every epoch, before the
-validation pass, so ``val_mAP``, ``best.keras`` and the checkpoints all carry
-the re-estimated statistics. The batches are the training stream's (augmented
-as in training): its first ``N``, drawn once and kept, so epoch to epoch only
-the weights change. It costs ``N`` forward passes of the encoder per epoch.
+``train.precise_bn_batches: N`` (0 = off) runs it before every validation pass
+(every epoch unless ``evaluation.every`` says otherwise), so ``val_mAP``,
+``best.keras`` and the final model carry the re-estimated statistics. The
+batches are the training stream's (augmented as in training): its first ``N``,
+drawn once and kept, so from one pass to the next only the weights change. It
+costs ``N`` forward passes of the encoder per pass. An epoch that is not
+validated skips it: training normalises with batch statistics and never reads
+the moving ones, and the next validated epoch re-estimates them for the
+weights it evaluates.
 
 With ``train.use_ema`` the weights evaluated, saved and exported are the
 optimiser's moving average, not the last step's, so the statistics are
@@ -110,7 +114,7 @@ def recompute_batchnorm_statistics(model, batches, forward=None):
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
-    """Re-estimate the BatchNorm statistics at each epoch end (before the validation pass).
+    """Re-estimate the BatchNorm statistics before each validation pass.
 
     The first ``batches`` batches of the training stream are drawn once and
     kept (in host memory: ``batches`` × the batch's uint8 images), so every
@@ -123,17 +127,23 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     Args:
         dataset: The training stream (``(images, targets)`` batches).
         batches: Batches to average per re-estimate.
+        due: ``due(epoch) -> bool``, whether the epoch ends with a validation
+            pass (:meth:`~kerasmlic.training.callbacks.MultiLabelEvaluation.due`);
+            None: every epoch.
     """
 
-    def __init__(self, dataset, batches):
+    def __init__(self, dataset, batches, due=None):
         super().__init__()
         self.dataset = dataset
         self.batches = batches
+        self.due = due
         self._images = None
         self._forward = (None, None)  # (trainable layers, their traced forward pass)
 
     def on_epoch_end(self, epoch, logs=None):
-        """Recompute the statistics for the epoch's final weights."""
+        """Recompute the statistics for the epoch's final weights, if it is validated."""
+        if self.due is not None and not self.due(epoch):
+            return
         if self._images is None:
             self._images = [images for images, _ in self.dataset.take(self.batches)]
         # One trace per set of trainable layers (a fine-tuning phase unfreezes more).
@@ -144,12 +154,15 @@ class PreciseBatchNorm(keras.callbacks.Callback):
             recompute_batchnorm_statistics(self.model, self._images, self._forward[1])
 
 
-def precise_batchnorm_callback(config, train_ds):
+def precise_batchnorm_callback(config, train_ds, evaluation=None):
     """Return the :class:`PreciseBatchNorm` callback of a config, or None when it is off.
 
     Args:
         config: A resolved config (``train.precise_bn_batches``).
         train_ds: The training stream.
+        evaluation: The run's
+            :class:`~kerasmlic.training.callbacks.MultiLabelEvaluation`, whose
+            schedule it follows; None: every epoch.
 
     Returns:
         A callback or None.
@@ -162,7 +175,7 @@ def precise_batchnorm_callback(config, train_ds):
     if not batches:
         return None
     check_precise_batchnorm(config)
-    return PreciseBatchNorm(train_ds, batches)
+    return PreciseBatchNorm(train_ds, batches, None if evaluation is None else evaluation.due)
 
 
 def check_precise_batchnorm(config):

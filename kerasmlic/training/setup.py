@@ -287,7 +287,8 @@ def validation_callback(
         predict: ``predict(model) -> (y_true, scores, predicted)``
             (:func:`val_predictor`, or the multi-worker sharded pass).
         best_path: Where to save the best model (``.keras``), or None.
-        every: Epochs between passes; default ``evaluation.every``.
+        every: Epochs between passes; default ``evaluation.every`` (the
+            last ``evaluation.last_epochs`` epochs are each evaluated).
         final_epoch: The run's last epoch (always evaluated); default the last
             epoch of each ``fit`` call.
         log: A ``print``-like function for the one-line figures.
@@ -301,6 +302,7 @@ def validation_callback(
         predict,
         class_names,
         every=config["evaluation"]["every"] if every is None else every,
+        last_epochs=config["evaluation"]["last_epochs"],
         best_path=best_path,
         log=log,
         final_epoch=final_epoch,

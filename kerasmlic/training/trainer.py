@@ -103,7 +103,7 @@ def _train(config, strategy, model, prepared, log):
         log=log,
         final_epoch=train_cfg["epochs"],
     )
-    precise = precise_batchnorm_callback(config, train_ds)
+    precise = precise_batchnorm_callback(config, train_ds, evaluation)
     state = rundir.read_state(paths.root)
     phases = builder.phase_plan(train_cfg, config_lib.model_settings(config))
     verbose = builder.fit_verbosity(train_cfg["verbose"])

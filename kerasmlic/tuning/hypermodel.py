@@ -172,7 +172,8 @@ class KerasmlicHyperModel(keras_tuner.HyperModel):
                 steps_per_epoch=steps,
                 callbacks=[
                     *setup.fit_callbacks(
-                        evaluation, precise_batchnorm_callback(config, prepared.train_ds)
+                        evaluation,
+                        precise_batchnorm_callback(config, prepared.train_ds, evaluation),
                     ),
                     *(callbacks or []),
                 ],
