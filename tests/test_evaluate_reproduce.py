@@ -1,4 +1,5 @@
 import csv
+import glob
 import json
 import math
 import os
@@ -369,6 +370,77 @@ def test_reused_records_are_checked_against_config_and_shards(shards, tmp_path):
     # The run never finished: resuming it on the rebuilt shards is refused too.
     with pytest.raises(UsageError, match="interrupted run on other shards"):
         prepare_run_dir(run_dir, config, data, load_manifest(data))
+
+
+def _trial(rate, seed, score, status="COMPLETED"):
+    values = {"train.learning_rate": rate, "train.seed": seed}
+    return {"values": values, "status": status, "score": score}
+
+
+def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, monkeypatch):
+    """--trial-seeds 2: rates crossed with seeds; the best mean wins, not the best trial."""
+    import kerasmlic.tuning
+    from kerasmlic.reporting import reproduce as rep
+
+    spaces, scripted = [], []
+
+    def fake_tune(config, **kwargs):
+        spaces.append(config["tune"])
+        return {"trials": scripted.pop(0)}
+
+    monkeypatch.setattr(kerasmlic.tuning, "tune", fake_tune)
+    config = rep.run_config("bce", shards, str(tmp_path), overrides=["train.verbose=0"])
+    out = str(tmp_path / "out")
+    # 2e-3 has the single best trial (0.45) but the lower mean (0.325 against 0.35).
+    scripted.append(
+        [_trial(2e-3, 0, 0.45), _trial(1e-3, 1, 0.40), _trial(1e-3, 0, 0.30), _trial(2e-3, 1, 0.20)]
+    )
+    record = rep.search_learning_rate(config, [1e-3, 2e-3], 3, out, trial_seeds=2, log=print)
+    assert spaces[0]["space"]["train.seed"] == {"choice": [0, 1]}
+    assert spaces[0]["max_consecutive_failed_trials"] == 4 and spaces[0]["tuner"] == "grid"
+    assert record["chosen"] == 1e-3 and record["trial_seeds"] == 2
+    assert record["val_mAP"] == {repr(1e-3): 0.35, repr(2e-3): pytest.approx(0.325)}
+    on_disk = json.load(open(os.path.join(out, "bce", "tuning.json")))
+    assert on_disk["chosen"] == 1e-3 and on_disk["val_mAP"][repr(1e-3)] == 0.35
+    # The record stands in for the same search only: not for one trial per rate.
+    assert rep.reusable_tuning_record(config, [1e-3, 2e-3], 3, out, trial_seeds=2) == record
+    assert rep.reusable_tuning_record(config, [1e-3, 2e-3], 3, out) is None
+    # A failed trial (a diverging seed) disqualifies its rate, however good its other one.
+    scripted.append(
+        [
+            _trial(1e-3, 0, 0.90),
+            _trial(1e-3, 1, None, "FAILED"),
+            _trial(2e-3, 0, 0.1),
+            _trial(2e-3, 1, 0.1),
+        ]
+    )
+    record = rep.search_learning_rate(config, [1e-3, 2e-3], 3, out, trial_seeds=2)
+    assert record["chosen"] == 2e-3 and record["val_mAP"][repr(1e-3)] is None
+    # One trial per rate keeps the old search: no seed in the space.
+    scripted.append([_trial(1e-3, 0, 0.2), _trial(2e-3, 0, 0.3)])
+    assert rep.search_learning_rate(config, [1e-3, 2e-3], 3, out)["chosen"] == 2e-3
+    assert "train.seed" not in spaces[-1]["space"]
+    with pytest.raises(UsageError, match="--trial-seeds must be a positive integer"):
+        rep.reproduce(shards, ["bce"], out=out, trial_seeds=0)
+
+
+def test_trial_seeds_train_one_trial_per_seed(shards, tmp_path):
+    """A real grid of 1 rate x 2 trial seeds: two trials, seeds 0 and 1, the mean recorded."""
+    from kerasmlic.reporting import reproduce as rep
+
+    overrides = ["data.image_size=32", "data.batch_size=8", "train.verbose=0"]
+    config = rep.run_config("bce", shards, str(tmp_path), overrides=overrides)
+    out = str(tmp_path / "out")
+    record = rep.search_learning_rate(config, [1e-3], 1, out, trial_seeds=2, log=lambda line: None)
+    trials = [
+        json.load(open(path))
+        for path in sorted(glob.glob(os.path.join(out, "tune", "bce", "trial_*", "trial.json")))
+    ]
+    seeds = sorted(t["hyperparameters"]["values"]["train.seed"] for t in trials)
+    assert seeds == [0, 1] and all(t["status"] == "COMPLETED" for t in trials)
+    scores = [t["score"] for t in trials]
+    assert record["val_mAP"][repr(1e-3)] == pytest.approx(np.mean(scores))
+    assert record["chosen"] == 1e-3
 
 
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):

@@ -129,6 +129,9 @@ def cmd_evaluate(args):
 def add_reproduce_parser(sub):
     """Add ``kerasmlic reproduce --data DIR [--models a,b] [--epochs N] [--jobs N] [--out DIR]``.
 
+    Also ``--seeds``, ``--rates``, ``--tune-epochs``, ``--trial-seeds``, ``--set``
+    and ``--seed-set``.
+
     Args:
         sub: The ``add_subparsers()`` object of the main parser.
 
@@ -162,6 +165,13 @@ def add_reproduce_parser(sub):
         type=positive_int,
         default=None,
         help="epochs per tuning trial (default half the training epochs)",
+    )
+    p.add_argument(
+        "--trial-seeds",
+        type=positive_int,
+        default=1,
+        help="trials per rate, with train.seed 0..N-1; a rate scores the mean of its "
+        "trials' val mAP (default 1)",
     )
     add_set_argument(p, "override a config key in every run (repeatable)")
     p.add_argument(
@@ -206,6 +216,7 @@ def cmd_reproduce(args):
         seeds=args.seeds,
         rates=rates,
         tune_epochs=args.tune_epochs,
+        trial_seeds=args.trial_seeds,
         overrides=args.overrides,
         seed_overrides=args.seed_overrides,
         jobs=args.jobs,

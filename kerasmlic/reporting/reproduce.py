@@ -177,26 +177,59 @@ def report_split(manifest):
     return "test" if "test" in manifest["splits"] else "val"
 
 
-def _search_config(config, rates, epochs):
-    """The config of a model's learning-rate search (its trials' seed is 0)."""
+def _search_config(config, rates, epochs, trial_seeds=1):
+    """The config of a model's learning-rate search (trial seeds 0..trial_seeds-1)."""
     base = copy.deepcopy(config)
     base["run_dir"] = None
+    space = {"train.learning_rate": {"choice": [float(r) for r in rates]}}
+    if trial_seeds > 1:
+        space["train.seed"] = {"choice": list(range(trial_seeds))}
     base["tune"] = {
         "tuner": "grid",
         "epochs": epochs,
         "seed": 0,
-        "max_consecutive_failed_trials": len(rates),
-        "space": {"train.learning_rate": {"choice": [float(r) for r in rates]}},
+        "max_consecutive_failed_trials": len(rates) * trial_seeds,
+        "space": space,
     }
     base["train"]["seed"] = 0
     return base
 
 
-def reusable_tuning_record(config, rates, epochs, out, *, log=print):
+def rate_scores(trials):
+    """Score each rate of a search by the mean val mAP of its trials (one per trial seed).
+
+    Args:
+        trials: keras-tuner trials as :func:`kerasmlic.tuning.tune` lists them
+            (``values`` holds ``train.learning_rate``, ``status``, ``score``).
+
+    Returns:
+        ``{rate: mean score}``, None for a rate with a failed trial (a
+        diverging seed disqualifies the rate).
+
+    Example:
+        >>> rate_scores([
+        ...     {"values": {"train.learning_rate": 0.001}, "status": "COMPLETED", "score": 0.3},
+        ...     {"values": {"train.learning_rate": 0.001}, "status": "COMPLETED", "score": 0.4},
+        ... ])
+        {0.001: 0.35}
+    """
+    by_rate = {}
+    for row in trials:
+        rate = row["values"].get("train.learning_rate")
+        if rate is not None:
+            ok = row["status"] == "COMPLETED" and row["score"] is not None
+            by_rate.setdefault(float(rate), []).append(row["score"] if ok else None)
+    return {
+        rate: None if None in scores else sum(scores) / len(scores)
+        for rate, scores in by_rate.items()
+    }
+
+
+def reusable_tuning_record(config, rates, epochs, out, *, trial_seeds=1, log=print):
     """Return ``out/<name>/tuning.json`` if this same search made it, else None.
 
-    Same search: the same rates, epochs, config and shards (the record's
-    ``fingerprint``). A record of another search is left for
+    Same search: the same rates, epochs, trial seeds, config and shards (the
+    record's ``fingerprint``). A record of another search is left for
     :func:`search_learning_rate` to replace.
 
     Args:
@@ -204,6 +237,7 @@ def reusable_tuning_record(config, rates, epochs, out, *, log=print):
         rates: Learning rates of the search.
         epochs: Epochs per trial.
         out: The study's output folder.
+        trial_seeds: Trials per rate.
         log: A ``print``-like function (told what was reused or why not).
 
     Returns:
@@ -215,7 +249,7 @@ def reusable_tuning_record(config, rates, epochs, out, *, log=print):
         return None
     with open(path) as f:
         record = json.load(f)
-    base = _search_config(config, rates, epochs)
+    base = _search_config(config, rates, epochs, trial_seeds)
     if record.get("fingerprint") != config_fingerprint(base, config["data"]["dir"]):
         log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
         return None
@@ -223,23 +257,29 @@ def reusable_tuning_record(config, rates, epochs, out, *, log=print):
     return record
 
 
-def search_learning_rate(config, rates, epochs, out, *, log=print):
+def search_learning_rate(config, rates, epochs, out, *, trial_seeds=1, log=print):
     """Pick a model's learning rate with a keras-tuner grid search on val mAP.
 
     Always searches, and writes (or replaces) ``out/<name>/tuning.json``;
     :func:`reusable_tuning_record` says whether an earlier search can stand in.
+    With ``trial_seeds`` > 1 the grid crosses the rates with ``train.seed``
+    0..trial_seeds-1 and a rate scores the mean of its trials
+    (:func:`rate_scores`): one short trial per rate picks on noise where the
+    rates' margins are small.
 
     Args:
         config: The model's resolved config (its other settings are kept).
-        rates: Learning rates to try (each one trial).
+        rates: Learning rates to try.
         epochs: Epochs per trial.
         out: The study's output folder.
+        trial_seeds: Trials per rate, one per seed.
         log: A ``print``-like function.
 
     Returns:
-        The record: ``rates``, ``epochs``, ``val_mAP`` (rate text → best val
-        mAP of the trial, None when it failed), ``chosen`` and ``seconds``
-        (the search's wall time; keras-tuner's trials keep none).
+        The record: ``rates``, ``epochs``, ``trial_seeds``, ``val_mAP`` (rate
+        text → the mean over its trials of each trial's best val mAP, None
+        when a trial failed), ``chosen`` and ``seconds`` (the search's wall
+        time; keras-tuner's trials keep none).
     """
     import keras
 
@@ -248,7 +288,7 @@ def search_learning_rate(config, rates, epochs, out, *, log=print):
 
     name = config["model"]["name"]
     path = os.path.join(out, name, TUNING_RECORD)
-    base = _search_config(config, rates, epochs)
+    base = _search_config(config, rates, epochs, trial_seeds)
     fingerprint = config_fingerprint(base, config["data"]["dir"])
     search_start = time.time()
     result = tune(
@@ -260,29 +300,30 @@ def search_learning_rate(config, rates, epochs, out, *, log=print):
     )
     seconds = time.time() - search_start
     keras.backend.clear_session()
-    scores = {}
-    for row in result["trials"]:
-        rate = row["values"].get("train.learning_rate")
-        if rate is not None:
-            scores[repr(float(rate))] = row["score"] if row["status"] == "COMPLETED" else None
-    chosen = float(result["trials"][0]["values"]["train.learning_rate"])
+    scores = rate_scores(result["trials"])
+    scored = {rate: value for rate, value in scores.items() if value is not None}
+    if not scored:
+        raise UsageError(f"{name}: every trial of the learning-rate search failed")
+    chosen = max(scored, key=scored.get)
     record = {
         "rates": [float(r) for r in rates],
         "epochs": epochs,
-        "val_mAP": scores,
+        "trial_seeds": trial_seeds,
+        "val_mAP": {repr(rate): value for rate, value in scores.items()},
         "chosen": chosen,
         "seconds": round(seconds, 1),
         "fingerprint": fingerprint,
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, record)
-    log(f"{name}: learning rate {chosen:g} (val mAP {100 * result['best_val_mAP']:.1f})")
+    log(f"{name}: learning rate {chosen:g} (val mAP {100 * scored[chosen]:.1f})")
     return record
 
 
-def _tune_task(config, rates, epochs, out, log=print):
+def _tune_task(config, rates, epochs, out, trial_seeds, log=print):
     """One model's search (a task of :func:`_run_tasks`); returns ``(name, record)``."""
-    return config["model"]["name"], search_learning_rate(config, rates, epochs, out, log=log)
+    record = search_learning_rate(config, rates, epochs, out, trial_seeds=trial_seeds, log=log)
+    return config["model"]["name"], record
 
 
 def _seed_task(run, data_dir, split, log=print):
@@ -349,6 +390,7 @@ def reproduce(
     seeds=1,
     rates=DEFAULT_RATES,
     tune_epochs=None,
+    trial_seeds=1,
     overrides=(),
     seed_overrides=(),
     jobs=1,
@@ -366,6 +408,8 @@ def reproduce(
             keeps each config's rate.
         tune_epochs: Epochs per tuning trial (default half the training
             epochs, at least 1).
+        trial_seeds: Trials per rate (``--trial-seeds``; ``train.seed``
+            0..N-1); a rate scores the mean of its trials' val mAP.
         overrides: ``KEY=VALUE`` strings applied to every model's config.
         seed_overrides: ``KEY=VALUE`` strings applied after ``overrides`` to
             the seed trainings only, not the tuning trials (``--seed-set``):
@@ -394,8 +438,9 @@ def reproduce(
     manifest = load_manifest(data_dir)  # a clear error before any training
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"--seeds must be a positive integer, got {seeds!r}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise UsageError(f"--jobs must be a positive integer, got {jobs!r}")
+    for flag, value in (("--jobs", jobs), ("--trial-seeds", trial_seeds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value!r}")
     models = list(models) if models else all_models()
     valid = model_names()
     unknown = [m for m in models if m not in valid]
@@ -428,9 +473,11 @@ def reproduce(
         for config, _ in configs:
             name = config["model"]["name"]
             trial_epochs = tune_epochs or max(1, config["train"]["epochs"] // 2)
-            record = reusable_tuning_record(config, rates, trial_epochs, out, log=log)
+            record = reusable_tuning_record(
+                config, rates, trial_epochs, out, trial_seeds=trial_seeds, log=log
+            )
             if record is None:
-                searches.append((name, (config, rates, trial_epochs, out)))
+                searches.append((name, (config, rates, trial_epochs, out, trial_seeds)))
             else:
                 tuning[name] = record
         for name, record in _run_tasks("searches", _tune_task, searches, jobs, log):

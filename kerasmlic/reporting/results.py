@@ -511,10 +511,20 @@ def _tuning_lines(tuning):
     if not tuning:
         return ["Learning rates: each model's config (no tuning)."]
     rates = sorted({rate for record in tuning.values() for rate in record["rates"]})
+    # Records written before trial seeds existed had one trial per rate, seed 0.
+    trial_seeds = sorted({record.get("trial_seeds", 1) for record in tuning.values()})
+    if trial_seeds == [1]:
+        selection = "selected by val mAP (seed 0)"
+    else:
+        counts = " or ".join(str(n) for n in trial_seeds)
+        selection = (
+            f"one trial per seed ({counts} seeds from 0), each rate scored by the mean of its "
+            "trials' val mAP"
+        )
     lines = [
         "Learning rate per model: a keras-tuner grid search over the same "
         f"{len(rates)} rates for every model, each trial trained for the same epochs "
-        "(column `tune epochs`), selected by val mAP (seed 0).",
+        f"(column `tune epochs`), {selection}.",
         "",
         "| model | tune epochs | " + " | ".join(f"val mAP @ {r:g}" for r in rates) + " | chosen |",
         "|---|---:|" + "---:|" * len(rates) + "---:|",
