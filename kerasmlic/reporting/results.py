@@ -518,8 +518,8 @@ def _tuning_lines(tuning):
     else:
         counts = " or ".join(str(n) for n in trial_seeds)
         selection = (
-            f"one trial per seed ({counts} seeds from 0), each rate scored by the mean of its "
-            "trials' val mAP"
+            f"each rate trained with {counts} trial seeds (`train.seed` from 0) and scored by "
+            "the mean of its trials' val mAP"
         )
     lines = [
         "Learning rate per model: a keras-tuner grid search over the same "
