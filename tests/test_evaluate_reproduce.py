@@ -362,6 +362,14 @@ def test_reused_records_are_checked_against_config_and_shards(shards, tmp_path):
     prepare_run_dir(run_dir, config, data, load_manifest(data))
     assert finished_run_differences(run_dir, same, data) == []
     assert finished_run_differences(run_dir, other, data) == ["train.seed"]
+    # A run written before a key joined the defaults holds that key's default.
+    saved = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))
+    del saved["evaluation"]["last_epochs"]
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(saved, f)
+    assert finished_run_differences(run_dir, same, data) == []
+    later = load_config(None, ["evaluation.last_epochs=3"], **flags)
+    assert finished_run_differences(run_dir, later, data) == ["evaluation.last_epochs"]
     # Shards rebuilt at the same path (another dataset.json) change both.
     with open(os.path.join(data, "dataset.json"), "a") as f:
         f.write("\n")

@@ -20,7 +20,7 @@ from kerasmlic.evaluation.rundir import (
     is_finished,
     read_dataset_reference,
 )
-from kerasmlic.training.config import save_config
+from kerasmlic.training.config import default_config, save_config
 
 # Keys a resumed run may change: they steer how it runs, not what it learns (a
 # moved tf.data service dispatcher, or none, feeds the same stream).
@@ -59,12 +59,27 @@ def _differences(a, b, prefix=""):
     return out
 
 
+def _with_new_defaults(saved, defaults):
+    """Fill in the keys added to the defaults since ``saved`` was written, in place."""
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = copy.deepcopy(value)
+        elif key != "model" and isinstance(value, dict) and isinstance(saved[key], dict):
+            # The model section is open (its options come from the registry).
+            _with_new_defaults(saved[key], value)
+
+
 def _saved_config_differences(paths, config):
-    """The comparable keys where a run dir's ``config.yaml`` and ``config`` differ."""
+    """The comparable keys where a run dir's ``config.yaml`` and ``config`` differ.
+
+    A key the defaults gained since the run started counts as its default:
+    upgrading the package does not make a run of the same settings another run.
+    """
     import yaml
 
     with open(paths.config) as f:
         previous = yaml.safe_load(f) or {}
+    _with_new_defaults(previous, default_config())
     return _differences(comparable_config(previous), comparable_config(config))
 
 
