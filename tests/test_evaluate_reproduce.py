@@ -430,6 +430,10 @@ def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, m
     assert "train.seed" not in spaces[-1]["space"]
     with pytest.raises(UsageError, match="--trial-seeds must be a positive integer"):
         rep.reproduce(shards, ["bce"], out=out, trial_seeds=0)
+    for bad in ({"seeds": 0}, {"jobs": True}):
+        flag = "--" + next(iter(bad))
+        with pytest.raises(UsageError, match=f"{flag} must be a positive integer"):
+            rep.reproduce(shards, ["bce"], out=out, **bad)
 
 
 def test_trial_seeds_train_one_trial_per_seed(shards, tmp_path):

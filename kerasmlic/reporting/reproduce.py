@@ -436,9 +436,7 @@ def reproduce(
 
     start, cpu_start = time.time(), _cpu_seconds()
     manifest = load_manifest(data_dir)  # a clear error before any training
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise UsageError(f"--seeds must be a positive integer, got {seeds!r}")
-    for flag, value in (("--jobs", jobs), ("--trial-seeds", trial_seeds)):
+    for flag, value in (("--seeds", seeds), ("--jobs", jobs), ("--trial-seeds", trial_seeds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value!r}")
     models = list(models) if models else all_models()
