@@ -455,6 +455,96 @@ def test_trial_seeds_train_one_trial_per_seed(shards, tmp_path):
     assert record["chosen"] == 1e-3
 
 
+def test_full_length_rate_selection_keeps_the_best_rates_run_as_seed_0(
+    shards_with_test, tmp_path, capsys
+):
+    """--rate-selection full: seed 0 at each rate for the whole run; the best is seed 0."""
+    out = str(tmp_path / "rep")
+    argv = ["reproduce", "--data", shards_with_test, "--models", "bce", "--epochs", "2"]
+    argv += ["--seeds", "2", "--rates", "1e-3,4e-3", "--rate-selection", "full", "--out", out]
+    argv += ["--set", "data.image_size=32", "--set", "data.batch_size=8"]
+    argv += ["--set", "train.verbose=0", "--seed-set", "train.bn_momentum=0.8"]
+    assert cli_main(argv) == 0
+    runs = {rate: os.path.join(out, "bce", f"lr-{rate:g}") for rate in (1e-3, 4e-3)}
+    best = {
+        rate: json.load(open(os.path.join(folder, "seed-0", "summary.json")))["best_val_mAP"]
+        for rate, folder in runs.items()
+    }
+    chosen = max(best, key=best.get)
+    other = 4e-3 if chosen == 1e-3 else 1e-3
+    record = json.load(open(os.path.join(out, "bce", "tuning.json")))
+    assert record["selection"] == "full" and record["epochs"] == 2
+    assert record["chosen"] == chosen
+    assert record["val_mAP"] == {repr(r): best[r] for r in best}
+    # The seed-0 runs had the seed runs' settings (--seed-set), at their own rates.
+    for rate, folder in runs.items():
+        config = yaml.safe_load(open(os.path.join(folder, "seed-0", "config.yaml")))
+        assert config["train"]["learning_rate"] == rate and config["train"]["seed"] == 0
+        assert config["train"]["bn_momentum"] == 0.8
+    # Only the chosen rate goes on to seed 1, and only its runs are evaluated on test.
+    config = yaml.safe_load(open(os.path.join(runs[chosen], "seed-1", "config.yaml")))
+    assert config["train"]["learning_rate"] == chosen and config["train"]["seed"] == 1
+    assert not os.path.exists(os.path.join(runs[other], "seed-1"))
+    assert not os.path.exists(os.path.join(runs[other], "seed-0", "eval_test.json"))
+    for seed in range(2):
+        assert os.path.isfile(os.path.join(runs[chosen], f"seed-{seed}", "eval_test.json"))
+    text = open(os.path.join(out, "results.md")).read()
+    assert "| Binary cross entropy (`bce`) |" in text
+    assert "seed 0 trained for the whole run at each of the same 2 rates" in text
+    assert "--rate-selection full" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `bce` | 2 |"))
+    assert row.endswith(f"| {chosen:g} |"), row
+    # The selection's cost beyond seed 0: the other rate's run, recorded in its history.
+    seconds = [
+        float(r["epoch_seconds"])
+        for r in csv.DictReader(open(os.path.join(runs[other], "seed-0", "history.csv")))
+    ]
+    assert record["seconds"] == round(sum(seconds), 1) > 0
+    assert f"in the seed-0 runs at the rates not chosen: {sum(seconds) / 60:.1f} min" in text
+    # A second call trains nothing: every run, and so the choice, is reused.
+    before = {r: os.path.getmtime(os.path.join(f, "seed-0", "best.keras")) for r, f in runs.items()}
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert "worker" not in capsys.readouterr().out
+    after = {r: os.path.getmtime(os.path.join(f, "seed-0", "best.keras")) for r, f in runs.items()}
+    assert after == before and json.load(open(os.path.join(out, "bce", "tuning.json"))) == record
+    # Short-trial flags have no meaning here: refused in one line.
+    assert cli_main([*argv, "--tune-epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "takes no --tune-epochs" in err, err
+
+
+def test_full_length_selection_skips_a_diverged_rate_hand_worked(tmp_path, monkeypatch):
+    """A rate whose seed-0 run diverges scores None and loses; all diverged is one clear error."""
+    import kerasmlic.training
+    from kerasmlic.reporting import reproduce as rep
+    from kerasmlic.training.callbacks import TrainingDiverged
+
+    def diverge(run, log=print):
+        raise TrainingDiverged("training diverged: loss is nan at epoch 1, step 3")
+
+    monkeypatch.setattr(kerasmlic.training, "train", diverge)
+    run = {"model": {"name": "bce"}, "train": {"learning_rate": 4e-3}, "run_dir": str(tmp_path)}
+    assert rep._selection_task(run, log=lambda line: None) == ("bce", 4e-3, None)
+    out = str(tmp_path / "out")
+    dirs = {}
+    for rate, seconds in ((1e-3, (1.5, 2.0)), (4e-3, (0.5,))):
+        dirs[rate] = os.path.join(out, "bce", f"lr-{rate:g}", "seed-0")
+        os.makedirs(dirs[rate])
+        with open(os.path.join(dirs[rate], "history.csv"), "w") as f:
+            f.write("epoch,epoch_seconds\n")
+            f.writelines(f"{i},{s}\n" for i, s in enumerate(seconds))
+    record = rep.full_length_selection("bce", [1e-3, 4e-3], {1e-3: 0.3, 4e-3: None}, dirs, out)
+    assert record["chosen"] == 1e-3 and record["val_mAP"] == {"0.001": 0.3, "0.004": None}
+    assert record["epochs"] == 2 and record["seconds"] == 0.5  # the diverged run's time
+    assert json.load(open(os.path.join(out, "bce", "tuning.json"))) == record
+    # A tie keeps the first rate given.
+    tie = rep.full_length_selection("bce", [4e-3, 1e-3], {1e-3: 0.3, 4e-3: 0.3}, dirs, out)
+    assert tie["chosen"] == 4e-3 and tie["seconds"] == 3.5
+    with pytest.raises(UsageError, match="diverged at every rate"):
+        rep.full_length_selection("bce", [1e-3, 4e-3], {1e-3: None, 4e-3: None}, dirs, out)
+
+
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):
     import builtins
 
@@ -605,7 +695,7 @@ def test_make_study_runs_the_recorded_study_size():
     for part in (
         f"--seeds {size['seeds']}",
         f"--epochs {size['epochs']}",
-        f"--tune-epochs {size['tune_epochs']}",
+        f"--rate-selection {size['rate_selection']}",
         "--rates " + ",".join(f"{r:g}" for r in size["rates"]),
         f"data.batch_size={size['batch_size']}",
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",

@@ -129,8 +129,8 @@ def cmd_evaluate(args):
 def add_reproduce_parser(sub):
     """Add ``kerasmlic reproduce --data DIR [--models a,b] [--epochs N] [--jobs N] [--out DIR]``.
 
-    Also ``--seeds``, ``--rates``, ``--tune-epochs``, ``--trial-seeds``, ``--set``
-    and ``--seed-set``.
+    Also ``--seeds``, ``--rates``, ``--tune-epochs``, ``--trial-seeds``,
+    ``--rate-selection``, ``--set`` and ``--seed-set``.
 
     Args:
         sub: The ``add_subparsers()`` object of the main parser.
@@ -172,6 +172,14 @@ def add_reproduce_parser(sub):
         default=1,
         help="trials per rate, with train.seed 0..N-1; a rate scores the mean of its "
         "trials' val mAP (default 1)",
+    )
+    p.add_argument(
+        "--rate-selection",
+        choices=("trials", "full"),
+        default="trials",
+        help="how each model's rate is picked: 'trials' (default), the keras-tuner grid of "
+        "--tune-epochs trials; 'full', seed 0 trained for the whole run at each rate, the "
+        "best kept as seed 0 (short trials favour the rate that learns fastest)",
     )
     add_set_argument(p, "override a config key in every run (repeatable)")
     p.add_argument(
@@ -217,6 +225,7 @@ def cmd_reproduce(args):
         rates=rates,
         tune_epochs=args.tune_epochs,
         trial_seeds=args.trial_seeds,
+        rate_selection=args.rate_selection,
         overrides=args.overrides,
         seed_overrides=args.seed_overrides,
         jobs=args.jobs,

@@ -9,9 +9,13 @@ model's name when the file is missing):
    ``--tune-epochs`` (default half the training epochs) with seed 0 and
    scored by val mAP; the best rate is recorded in ``OUT/<name>/tuning.json``
    (project in ``OUT/tune/<name>``). ``--rates none`` keeps the configs' rates.
+   ``--rate-selection full`` trains seed 0 for the whole run at each rate
+   instead, into ``OUT/<name>/lr-<rate>/seed-0``, and keeps the best rate's
+   run as seed 0 (same record).
 2. **Seeds**: ``--seeds N`` full trainings with that rate and ``train.seed`` =
-   0..N-1, into ``OUT/<name>/seed-<k>``; ``--seed-set KEY=VALUE`` overrides
-   apply to these and not to the tuning trials. With ``evaluation.every`` > 1
+   0..N-1, into ``OUT/<name>/seed-<k>`` (``OUT/<name>/lr-<rate>/seed-<k>``
+   with full-length selection); ``--seed-set KEY=VALUE`` overrides apply to
+   these and not to the tuning trials. With ``evaluation.every`` > 1
    each run's last 3 epochs are still validated: the report's convergence
    rule compares their val mAPs.
 3. **Figures** on the ``test`` split when the shards have one (``kerasmlic
@@ -27,25 +31,24 @@ searches, then N seed runs, at once, each in a worker process that dies with
 this one: one TensorFlow process keeps about 1.4 of 2 cores busy, so two
 fill them.
 
-Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 1000 train /
+Sizing of the built-in study (:data:`STUDY_SIZE`, ``make study``): 800 train /
 500 val / 1000 test images at 64 px, batch 16, 24 epochs per training with the
-cosine schedule decaying to 0, 2 rates (1e-3, 2e-3) × 6 epochs of tuning per
-model (in 22 grids of 4 rates × 3 epochs neither 5e-4 nor 4e-3 ever won, and
-6-epoch trials pick the better rate more often), 3 seeds, precise BatchNorm
-over 16 training batches before every validation pass (trials and seeds), the
-seeds evaluated on an exponential moving average of their weights
-(``train.use_ema``; not the tuning trials: the probes behind the grid ran
-without it, ``experiments/README.md``) and validated every 2 epochs and on
-each of the last 3 (the trials every epoch), two tasks at once::
+cosine schedule decaying to 0, each model's rate chosen between 1e-3 and 2e-3
+by full-length seed-0 runs (``--rate-selection full``: short trials picked
+2e-3 for decoders that end better at 1e-3, in run after run; in 22 grids of 4
+rates neither 5e-4 nor 4e-3 ever won), 3 seeds, precise BatchNorm over 16
+training batches before every validation pass, every run evaluated on an
+exponential moving average of its weights (``train.use_ema``) and validated
+every 4 epochs and on each of the last 3, two tasks at once::
 
-    kerasmlic synth data/study --train 1000 --val 500 --test 1000 --seed 1
+    kerasmlic synth data/study --train 800 --val 500 --test 1000 --seed 1
     for s in train val test; do kerasmlic build --split $s --out data/study-shards \
         --annotations data/study/annotations/instances_$s.json --images data/study/$s; done
     kerasmlic reproduce --data data/study-shards --seeds 3 --epochs 24 \
-        --rates 0.001,0.002 --tune-epochs 6 \
+        --rates 0.001,0.002 --rate-selection full \
         --set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
         --set train.precise_bn_batches=16 --seed-set train.use_ema=true \
-        --seed-set evaluation.every=2 --jobs 2 --out runs/study
+        --seed-set evaluation.every=4 --jobs 2 --out runs/study
 
 Its measured time and convergence are in ``experiments/README.md``.
 """
@@ -69,8 +72,11 @@ DEFAULT_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
 
 TUNING_RECORD = "tuning.json"
 
+RATE_SELECTIONS = ("trials", "full")
+"""How ``reproduce`` picks each model's rate: short keras-tuner trials, or full-length runs."""
+
 STUDY_SIZE = {
-    "train": 1000,
+    "train": 800,
     "val": 500,
     "test": 1000,
     "synth_seed": 1,
@@ -78,12 +84,12 @@ STUDY_SIZE = {
     "batch_size": 16,
     "epochs": 24,
     "min_learning_rate_ratio": 0.0,
-    "tune_epochs": 6,
+    "rate_selection": "full",
     "rates": (1e-3, 2e-3),
     "precise_bn_batches": 16,
     "seeds": 3,
     "seed_use_ema": True,
-    "seed_evaluation_every": 2,
+    "seed_evaluation_every": 4,
     "jobs": 2,
 }
 """The built-in study's size (command: the module docstring; time: experiments/README.md)."""
@@ -326,6 +332,110 @@ def _tune_task(config, rates, epochs, out, trial_seeds, log=print):
     return config["model"]["name"], record
 
 
+def _selection_task(run, log=print):
+    """Train one rate's seed-0 run unless it finished; return ``(name, rate, best val mAP)``.
+
+    A diverging loss scores None (it disqualifies the rate, not the study).
+    """
+    import keras
+
+    from kerasmlic.evaluation.rundir import RunPaths, is_finished
+    from kerasmlic.training import train
+    from kerasmlic.training.callbacks import TrainingDiverged
+
+    name, rate = run["model"]["name"], run["train"]["learning_rate"]
+    if not is_finished(run["run_dir"]):
+        log(f"{name} at rate {rate:g}: training seed 0 into {run['run_dir']}")
+        try:
+            train(run, log=log)
+        except TrainingDiverged as error:
+            log(f"{name} at rate {rate:g}: {error}")
+            return name, rate, None
+        finally:
+            keras.backend.clear_session()
+    with open(RunPaths(run["run_dir"]).summary) as f:
+        return name, rate, json.load(f)["best_val_mAP"]
+
+
+def full_length_selection(name, rates, scores, run_dirs, out):
+    """Record a rate chosen by full-length seed-0 runs in ``out/<name>/tuning.json``.
+
+    Args:
+        name: A registry name.
+        rates: The rates tried, in order.
+        scores: ``{rate: best val mAP}`` of each rate's seed-0 run, None for
+            a run that diverged.
+        run_dirs: ``{rate: run dir}``.
+        out: The study's output folder.
+
+    Returns:
+        The record: ``selection`` ("full"), ``rates``, ``epochs`` (the runs'),
+        ``val_mAP`` (rate text → score), ``chosen`` (the highest score; the
+        first rate on a tie), ``seconds`` (the training time of the runs at
+        the rates not chosen: the selection's cost beyond seed 0) and
+        ``run_dirs``.
+
+    Raises:
+        UsageError: Every rate's run diverged.
+    """
+    from kerasmlic.data.manifest import write_json_atomic
+    from kerasmlic.evaluation.rundir import RunPaths, read_history
+
+    scored = {rate: scores[rate] for rate in rates if scores[rate] is not None}
+    if not scored:
+        raise UsageError(f"{name}: the seed-0 run diverged at every rate of --rates")
+    chosen = max(scored, key=scored.get)
+    histories = {rate: read_history(RunPaths(run_dirs[rate]).history) for rate in rates}
+    record = {
+        "selection": "full",
+        "rates": [float(r) for r in rates],
+        "epochs": max(len(h.get("epoch", [])) for h in histories.values()),
+        "val_mAP": {repr(float(rate)): scores[rate] for rate in rates},
+        "chosen": float(chosen),
+        "seconds": round(
+            sum(sum(histories[r].get("epoch_seconds", [])) for r in rates if r != chosen), 1
+        ),
+        "run_dirs": {repr(float(rate)): run_dirs[rate] for rate in rates},
+    }
+    write_json_atomic(os.path.join(out, name, TUNING_RECORD), record)
+    return record
+
+
+def _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log):
+    """Train seed 0 of every model at every rate for the whole run; record each choice.
+
+    Returns:
+        ``{model name: record}`` (:func:`full_length_selection`).
+    """
+    from kerasmlic.evaluation.rundir import RunPaths, is_finished
+
+    scores, run_dirs, tasks = {}, {}, []
+    for seed_config in seed_configs:
+        name = seed_config["model"]["name"]
+        for rate in rates:
+            run = _seed_run(seed_config, out, data_dir, 0, rate)
+            run_dirs.setdefault(name, {})[rate] = run["run_dir"]
+            if is_finished(run["run_dir"]):
+                with open(RunPaths(run["run_dir"]).summary) as f:
+                    scores[name, rate] = json.load(f)["best_val_mAP"]
+            else:
+                tasks.append((f"{name} lr {rate:g}", (run,)))
+    for name, rate, score in _run_tasks("rate-selection runs", _selection_task, tasks, jobs, log):
+        scores[name, rate] = score
+    tuning = {}
+    for name, dirs in run_dirs.items():
+        record = full_length_selection(
+            name, rates, {rate: scores[name, rate] for rate in rates}, dirs, out
+        )
+        best = record["val_mAP"][repr(record["chosen"])]
+        log(
+            f"{name}: learning rate {record['chosen']:g} (seed 0's best val mAP "
+            f"{100 * best:.1f} over {record['epochs']} epochs)"
+        )
+        tuning[name] = record
+    return tuning
+
+
 def _seed_task(run, data_dir, split, log=print):
     """Train one seed run unless it finished, then evaluate it on ``split`` unless done."""
     import keras
@@ -376,9 +486,42 @@ def _run_tasks(kind, function, tasks, jobs, log):
         yield from pool.map_unordered(function, tasks)
 
 
-def seed_run_dir(out, name, seed):
-    """Return ``out/<name>/seed-<seed>``: one training of one model."""
-    return os.path.join(out, name, f"seed-{seed}")
+def seed_run_dir(out, name, seed, rate=None):
+    """Return ``out/<name>/seed-<seed>``, or ``out/<name>/lr-<rate>/seed-<seed>``.
+
+    Args:
+        out: The study's output folder.
+        name: A registry name.
+        seed: ``train.seed``.
+        rate: The learning rate, for full-length rate selection, whose runs
+            of every rate live side by side.
+
+    Returns:
+        A path.
+    """
+    if rate is None:
+        return os.path.join(out, name, f"seed-{seed}")
+    return os.path.join(out, name, f"lr-{rate:g}", f"seed-{seed}")
+
+
+def _seed_run(seed_config, out, data_dir, seed, rate=None):
+    """One seed run's config; a finished run of another config in its folder raises."""
+    from kerasmlic.evaluation.rundir import is_finished
+
+    run = copy.deepcopy(seed_config)
+    run["train"]["seed"] = seed
+    if rate is not None:
+        run["train"]["learning_rate"] = rate
+    run["run_dir"] = seed_run_dir(out, run["model"]["name"], seed, rate)
+    if is_finished(run["run_dir"]):
+        stale = finished_run_differences(run["run_dir"], run, data_dir)
+        if stale:
+            raise UsageError(
+                f"{run['run_dir']} holds a finished run of another config or of "
+                f"rebuilt shards (differs in {', '.join(stale)}); delete it or pass "
+                "another --out"
+            )
+    return run
 
 
 def reproduce(
@@ -391,6 +534,7 @@ def reproduce(
     rates=DEFAULT_RATES,
     tune_epochs=None,
     trial_seeds=1,
+    rate_selection="trials",
     overrides=(),
     seed_overrides=(),
     jobs=1,
@@ -410,6 +554,15 @@ def reproduce(
             epochs, at least 1).
         trial_seeds: Trials per rate (``--trial-seeds``; ``train.seed``
             0..N-1); a rate scores the mean of its trials' val mAP.
+        rate_selection: ``"trials"`` (default): the keras-tuner grid of
+            short trials. ``"full"`` (``--rate-selection full``): seed 0 is
+            trained for the whole run at each rate, with the seed runs'
+            settings, into ``OUT/<name>/lr-<rate>/seed-0``; the rate whose
+            run has the best val mAP is kept and its run is seed 0, the other
+            seeds follow in ``OUT/<name>/lr-<rate>/seed-<k>``. Short trials
+            favour the rate that learns fastest, not the one that ends best
+            (``experiments/README.md``); full-length runs cannot, for one
+            extra training per extra rate.
         overrides: ``KEY=VALUE`` strings applied to every model's config.
         seed_overrides: ``KEY=VALUE`` strings applied after ``overrides`` to
             the seed trainings only, not the tuning trials (``--seed-set``):
@@ -439,6 +592,10 @@ def reproduce(
     for flag, value in (("--seeds", seeds), ("--jobs", jobs), ("--trial-seeds", trial_seeds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+    if rate_selection not in RATE_SELECTIONS:
+        raise UsageError(
+            f"--rate-selection must be one of {', '.join(RATE_SELECTIONS)}, got {rate_selection!r}"
+        )
     models = list(models) if models else all_models()
     valid = model_names()
     unknown = [m for m in models if m not in valid]
@@ -447,6 +604,12 @@ def reproduce(
     rates = list(rates or ())
     if any(not isinstance(r, int | float) or isinstance(r, bool) or r <= 0 for r in rates):
         raise UsageError(f"--rates must be positive numbers, got {rates!r}")
+    full_length = rate_selection == "full"
+    if full_length and (not rates or tune_epochs is not None or trial_seeds != 1):
+        raise UsageError(
+            "--rate-selection full trains seed 0 for the whole run at each of --rates: it "
+            "needs --rates and takes no --tune-epochs or --trial-seeds"
+        )
     out = out or DEFAULT_OUT
     split = report_split(manifest)
     if split != "test":
@@ -462,11 +625,19 @@ def reproduce(
         )
         for m in models
     ]
-    for i, (config, _) in enumerate(configs, 1):
+    for i, (config, seed_config) in enumerate(configs, 1):
         name = config["model"]["name"]
         log(f"[{i}/{len(configs)}] {name} ({model_config_path(name) or 'defaults'})")
+        evaluation = seed_config["evaluation"]
+        if evaluation["every"] > 1:
+            # The convergence rule reads the last 3 val mAPs: those epochs are each
+            # validated whatever evaluation.every says.
+            evaluation["last_epochs"] = max(evaluation["last_epochs"], CONVERGED_EPOCHS)
     tuning = {}
-    if rates:
+    if full_length:
+        seed_configs = [seed_config for _, seed_config in configs]
+        tuning = _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log)
+    elif rates:
         searches = []
         for config, _ in configs:
             name = config["model"]["name"]
@@ -483,35 +654,23 @@ def reproduce(
     groups, seed_tasks = {}, []
     for _, seed_config in configs:
         name = seed_config["model"]["name"]
-        if rates:
+        if rates and not full_length:
             seed_config["train"]["learning_rate"] = tuning[name]["chosen"]
-        evaluation = seed_config["evaluation"]
-        if evaluation["every"] > 1:
-            # The convergence rule reads the last 3 val mAPs: those epochs are each
-            # validated whatever evaluation.every says.
-            evaluation["last_epochs"] = max(evaluation["last_epochs"], CONVERGED_EPOCHS)
+        rate = tuning[name]["chosen"] if full_length else None
         groups[name] = []
         for seed in range(seeds):
-            run = copy.deepcopy(seed_config)
-            run["train"]["seed"] = seed
-            run["run_dir"] = seed_run_dir(out, name, seed)
+            run = _seed_run(seed_config, out, data_dir, seed, rate)
             groups[name].append(run["run_dir"])
-            if is_finished(run["run_dir"]):
-                stale = finished_run_differences(run["run_dir"], run, data_dir)
-                if stale:
-                    raise UsageError(
-                        f"{run['run_dir']} holds a finished run of another config or of "
-                        f"rebuilt shards (differs in {', '.join(stale)}); delete it or pass "
-                        "another --out"
-                    )
-                if os.path.isfile(RunPaths(run["run_dir"]).eval_json(split)):
-                    log(f"{name} seed {seed}: finished and evaluated in {run['run_dir']}, reused")
-                    continue
+            if is_finished(run["run_dir"]) and os.path.isfile(
+                RunPaths(run["run_dir"]).eval_json(split)
+            ):
+                log(f"{name} seed {seed}: finished and evaluated in {run['run_dir']}, reused")
+                continue
             seed_tasks.append((name, f"{name} seed {seed}", (run, data_dir, split)))
     if jobs > 1:
         # The costliest models first (their search time says which), so the last
         # tasks to finish are short ones and no worker idles long at the end.
-        seed_tasks.sort(key=lambda task: -tuning.get(task[0], {}).get("seconds") or 0)
+        seed_tasks.sort(key=lambda task: -(tuning.get(task[0], {}).get("seconds") or 0))
     seed_tasks = [(label, args) for _, label, args in seed_tasks]
     for _ in _run_tasks("seed runs", _seed_task, seed_tasks, jobs, log):
         pass
@@ -521,6 +680,7 @@ def reproduce(
             f"kerasmlic reproduce --data {data_dir} --models {','.join(models)}"
             + (f" --epochs {epochs}" if epochs else "")
             + f" --seeds {seeds} --rates {','.join(f'{r:g}' for r in rates) or 'none'}"
+            + (" --rate-selection full" if full_length else "")
             + (f" --tune-epochs {tune_epochs}" if tune_epochs else "")
             + "".join(f" --set {shlex.quote(o)}" for o in overrides)
             + "".join(f" --seed-set {shlex.quote(o)}" for o in seed_overrides)

@@ -511,6 +511,15 @@ def _tuning_lines(tuning):
     if not tuning:
         return ["Learning rates: each model's config (no tuning)."]
     rates = sorted({rate for record in tuning.values() for rate in record["rates"]})
+    if all(record.get("selection") == "full" for record in tuning.values()):
+        head = (
+            f"Learning rate per model: seed 0 trained for the whole run at each of the same "
+            f"{len(rates)} rates for every model (column `epochs`), with the seed runs' "
+            "settings; the rate whose run reached the best val mAP is kept, and that run is "
+            "seed 0. Short trials were not used: they favour the rate that learns fastest, "
+            "not the one that ends best."
+        )
+        return _rate_table(tuning, rates, head, "epochs")
     # Records written before trial seeds existed had one trial per rate, seed 0.
     trial_seeds = sorted({record.get("trial_seeds", 1) for record in tuning.values()})
     if trial_seeds == [1]:
@@ -521,12 +530,22 @@ def _tuning_lines(tuning):
             f"each rate trained with {counts} trial seeds (`train.seed` from 0) and scored by "
             "the mean of its trials' val mAP"
         )
-    lines = [
+    head = (
         "Learning rate per model: a keras-tuner grid search over the same "
         f"{len(rates)} rates for every model, each trial trained for the same epochs "
-        f"(column `tune epochs`), {selection}.",
+        f"(column `tune epochs`), {selection}."
+    )
+    return _rate_table(tuning, rates, head, "tune epochs")
+
+
+def _rate_table(tuning, rates, head, epochs_column):
+    """``head``, then each model's val mAP at every rate and the rate chosen."""
+    lines = [
+        head,
         "",
-        "| model | tune epochs | " + " | ".join(f"val mAP @ {r:g}" for r in rates) + " | chosen |",
+        f"| model | {epochs_column} | "
+        + " | ".join(f"val mAP @ {r:g}" for r in rates)
+        + " | chosen |",
         "|---|---:|" + "---:|" * len(rates) + "---:|",
     ]
     for name in _ordered(tuning):
@@ -695,10 +714,12 @@ def _recorded_time_line(runs, tuning=None):
     timed = [r["seconds"] for r in tuning.values() if r.get("seconds") is not None]
     untimed = len(tuning) - len(timed)  # records written before the search time was kept
     carried = f" ({untimed} of {len(tuning)} records carry no time)" if untimed else ""
-    return (
-        f"{head}); in the tuning searches: {sum(timed) / 60:.1f} min{carried}; "
-        "evaluation not included"
+    searched = (
+        "the seed-0 runs at the rates not chosen"
+        if all(r.get("selection") == "full" for r in tuning.values())
+        else "the tuning searches"
     )
+    return f"{head}); in {searched}: {sum(timed) / 60:.1f} min{carried}; evaluation not included"
 
 
 def _run_lines(command, wall_seconds, cpu_seconds):
