@@ -388,6 +388,7 @@ def _trial(rate, seed, score, status="COMPLETED"):
 def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, monkeypatch):
     """--trial-seeds 2: rates crossed with seeds; the best mean wins, not the best trial."""
     import kerasmlic.tuning
+    from kerasmlic.reporting import rate_search
     from kerasmlic.reporting import reproduce as rep
 
     spaces, scripted = [], []
@@ -403,7 +404,9 @@ def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, m
     scripted.append(
         [_trial(2e-3, 0, 0.45), _trial(1e-3, 1, 0.40), _trial(1e-3, 0, 0.30), _trial(2e-3, 1, 0.20)]
     )
-    record = rep.search_learning_rate(config, [1e-3, 2e-3], 3, out, trial_seeds=2, log=print)
+    record = rate_search.search_learning_rate(
+        config, [1e-3, 2e-3], 3, out, trial_seeds=2, log=print
+    )
     assert spaces[0]["space"]["train.seed"] == {"choice": [0, 1]}
     assert spaces[0]["max_consecutive_failed_trials"] == 4 and spaces[0]["tuner"] == "grid"
     assert record["chosen"] == 1e-3 and record["trial_seeds"] == 2
@@ -411,8 +414,8 @@ def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, m
     on_disk = json.load(open(os.path.join(out, "bce", "tuning.json")))
     assert on_disk["chosen"] == 1e-3 and on_disk["val_mAP"][repr(1e-3)] == 0.35
     # The record stands in for the same search only: not for one trial per rate.
-    assert rep.reusable_tuning_record(config, [1e-3, 2e-3], 3, out, trial_seeds=2) == record
-    assert rep.reusable_tuning_record(config, [1e-3, 2e-3], 3, out) is None
+    assert rate_search.reusable_tuning_record(config, [1e-3, 2e-3], 3, out, trial_seeds=2) == record
+    assert rate_search.reusable_tuning_record(config, [1e-3, 2e-3], 3, out) is None
     # A failed trial (a diverging seed) disqualifies its rate, however good its other one.
     scripted.append(
         [
@@ -422,11 +425,11 @@ def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, m
             _trial(2e-3, 1, 0.1),
         ]
     )
-    record = rep.search_learning_rate(config, [1e-3, 2e-3], 3, out, trial_seeds=2)
+    record = rate_search.search_learning_rate(config, [1e-3, 2e-3], 3, out, trial_seeds=2)
     assert record["chosen"] == 2e-3 and record["val_mAP"][repr(1e-3)] is None
     # One trial per rate keeps the old search: no seed in the space.
     scripted.append([_trial(1e-3, 0, 0.2), _trial(2e-3, 0, 0.3)])
-    assert rep.search_learning_rate(config, [1e-3, 2e-3], 3, out)["chosen"] == 2e-3
+    assert rate_search.search_learning_rate(config, [1e-3, 2e-3], 3, out)["chosen"] == 2e-3
     assert "train.seed" not in spaces[-1]["space"]
     with pytest.raises(UsageError, match="--trial-seeds must be a positive integer"):
         rep.reproduce(shards, ["bce"], out=out, trial_seeds=0)
@@ -438,12 +441,15 @@ def test_trial_seeds_score_each_rate_by_its_mean_hand_worked(shards, tmp_path, m
 
 def test_trial_seeds_train_one_trial_per_seed(shards, tmp_path):
     """A real grid of 1 rate x 2 trial seeds: two trials, seeds 0 and 1, the mean recorded."""
+    from kerasmlic.reporting import rate_search
     from kerasmlic.reporting import reproduce as rep
 
     overrides = ["data.image_size=32", "data.batch_size=8", "train.verbose=0"]
     config = rep.run_config("bce", shards, str(tmp_path), overrides=overrides)
     out = str(tmp_path / "out")
-    record = rep.search_learning_rate(config, [1e-3], 1, out, trial_seeds=2, log=lambda line: None)
+    record = rate_search.search_learning_rate(
+        config, [1e-3], 1, out, trial_seeds=2, log=lambda line: None
+    )
     trials = [
         json.load(open(path))
         for path in sorted(glob.glob(os.path.join(out, "tune", "bce", "trial_*", "trial.json")))
@@ -517,7 +523,7 @@ def test_full_length_rate_selection_keeps_the_best_rates_run_as_seed_0(
 def test_full_length_selection_skips_a_diverged_rate_hand_worked(tmp_path, monkeypatch):
     """A rate whose seed-0 run diverges scores None and loses; all diverged is one clear error."""
     import kerasmlic.training
-    from kerasmlic.reporting import reproduce as rep
+    from kerasmlic.reporting import rate_search
     from kerasmlic.training.callbacks import TrainingDiverged
 
     def diverge(run, log=print):
@@ -525,7 +531,7 @@ def test_full_length_selection_skips_a_diverged_rate_hand_worked(tmp_path, monke
 
     monkeypatch.setattr(kerasmlic.training, "train", diverge)
     run = {"model": {"name": "bce"}, "train": {"learning_rate": 4e-3}, "run_dir": str(tmp_path)}
-    assert rep._selection_task(run, log=lambda line: None) == ("bce", 4e-3, None)
+    assert rate_search.selection_task(run, log=lambda line: None) == ("bce", 4e-3, None)
     out = str(tmp_path / "out")
     dirs = {}
     for rate, seconds in ((1e-3, (1.5, 2.0)), (4e-3, (0.5,))):
@@ -534,15 +540,32 @@ def test_full_length_selection_skips_a_diverged_rate_hand_worked(tmp_path, monke
         with open(os.path.join(dirs[rate], "history.csv"), "w") as f:
             f.write("epoch,epoch_seconds\n")
             f.writelines(f"{i},{s}\n" for i, s in enumerate(seconds))
-    record = rep.full_length_selection("bce", [1e-3, 4e-3], {1e-3: 0.3, 4e-3: None}, dirs, out)
+    record = rate_search.full_length_selection(
+        "bce", [1e-3, 4e-3], {1e-3: 0.3, 4e-3: None}, dirs, out
+    )
     assert record["chosen"] == 1e-3 and record["val_mAP"] == {"0.001": 0.3, "0.004": None}
     assert record["epochs"] == 2 and record["seconds"] == 0.5  # the diverged run's time
     assert json.load(open(os.path.join(out, "bce", "tuning.json"))) == record
     # A tie keeps the first rate given.
-    tie = rep.full_length_selection("bce", [4e-3, 1e-3], {1e-3: 0.3, 4e-3: 0.3}, dirs, out)
+    tie = rate_search.full_length_selection("bce", [4e-3, 1e-3], {1e-3: 0.3, 4e-3: 0.3}, dirs, out)
     assert tie["chosen"] == 4e-3 and tie["seconds"] == 3.5
     with pytest.raises(UsageError, match="diverged at every rate"):
-        rep.full_length_selection("bce", [1e-3, 4e-3], {1e-3: None, 4e-3: None}, dirs, out)
+        rate_search.full_length_selection("bce", [1e-3, 4e-3], {1e-3: None, 4e-3: None}, dirs, out)
+
+
+def test_seed_runs_go_costliest_model_first_hand_worked():
+    """--jobs N orders the seed runs by their model's search time; no record goes last."""
+    from kerasmlic.reporting.reproduce import costliest_first
+
+    tasks = [(name, f"{name} seed {k}", ()) for name in ("a", "b", "c", "d") for k in (0, 1)]
+    tuning = {"a": {"seconds": 5.0}, "c": {"seconds": 9.0}, "d": {"chosen": 1e-3}}
+    order = [label for _, label, _ in costliest_first(tasks, tuning)]
+    assert order == [
+        "c seed 0", "c seed 1", "a seed 0", "a seed 1",
+        "b seed 0", "b seed 1", "d seed 0", "d seed 1",
+    ]  # fmt: skip
+    # --rates none: no records at all (this ordering used to negate None and fail).
+    assert costliest_first(tasks, {}) == tasks
 
 
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):

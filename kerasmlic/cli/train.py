@@ -204,7 +204,8 @@ def add_reproduce_parser(sub):
 def cmd_reproduce(args):
     """Handle ``kerasmlic reproduce``."""
     from kerasmlic.errors import UsageError
-    from kerasmlic.reporting.reproduce import DEFAULT_RATES, reproduce
+    from kerasmlic.reporting.rate_search import DEFAULT_RATES
+    from kerasmlic.reporting.reproduce import reproduce
 
     models = None
     if args.models:

@@ -61,19 +61,19 @@ import sys
 import time
 
 from kerasmlic.errors import UsageError
+from kerasmlic.reporting.rate_search import (
+    DEFAULT_RATES,
+    RATE_SELECTIONS,
+    full_length_selection,
+    reusable_tuning_record,
+    selection_task,
+    tune_task,
+)
 from kerasmlic.reporting.results import CONVERGED_EPOCHS, STUDY_MODELS
 from kerasmlic.training import config as config_lib
-from kerasmlic.training.rundir import config_fingerprint, finished_run_differences
+from kerasmlic.training.rundir import finished_run_differences
 
 DEFAULT_OUT = os.path.join("runs", "reproduce")
-
-DEFAULT_RATES = (5e-4, 1e-3, 2e-3, 4e-3)
-"""The learning rates every model's grid search tries (the same 4 for all)."""
-
-TUNING_RECORD = "tuning.json"
-
-RATE_SELECTIONS = ("trials", "full")
-"""How ``reproduce`` picks each model's rate: short keras-tuner trials, or full-length runs."""
 
 STUDY_SIZE = {
     "train": 800,
@@ -183,224 +183,6 @@ def report_split(manifest):
     return "test" if "test" in manifest["splits"] else "val"
 
 
-def _search_config(config, rates, epochs, trial_seeds=1):
-    """The config of a model's learning-rate search (trial seeds 0..trial_seeds-1)."""
-    base = copy.deepcopy(config)
-    base["run_dir"] = None
-    space = {"train.learning_rate": {"choice": [float(r) for r in rates]}}
-    if trial_seeds > 1:
-        space["train.seed"] = {"choice": list(range(trial_seeds))}
-    base["tune"] = {
-        "tuner": "grid",
-        "epochs": epochs,
-        "seed": 0,
-        "max_consecutive_failed_trials": len(rates) * trial_seeds,
-        "space": space,
-    }
-    base["train"]["seed"] = 0
-    return base
-
-
-def rate_scores(trials):
-    """Score each rate of a search by the mean val mAP of its trials (one per trial seed).
-
-    Args:
-        trials: keras-tuner trials as :func:`kerasmlic.tuning.tune` lists them
-            (``values`` holds ``train.learning_rate``, ``status``, ``score``).
-
-    Returns:
-        ``{rate: mean score}``, None for a rate with a failed trial (a
-        diverging seed disqualifies the rate).
-
-    Example:
-        >>> rate_scores([
-        ...     {"values": {"train.learning_rate": 0.001}, "status": "COMPLETED", "score": 0.3},
-        ...     {"values": {"train.learning_rate": 0.001}, "status": "COMPLETED", "score": 0.4},
-        ... ])
-        {0.001: 0.35}
-    """
-    by_rate = {}
-    for row in trials:
-        rate = row["values"].get("train.learning_rate")
-        if rate is not None:
-            ok = row["status"] == "COMPLETED" and row["score"] is not None
-            by_rate.setdefault(float(rate), []).append(row["score"] if ok else None)
-    return {
-        rate: None if None in scores else sum(scores) / len(scores)
-        for rate, scores in by_rate.items()
-    }
-
-
-def reusable_tuning_record(config, rates, epochs, out, *, trial_seeds=1, log=print):
-    """Return ``out/<name>/tuning.json`` if this same search made it, else None.
-
-    Same search: the same rates, epochs, trial seeds, config and shards (the
-    record's ``fingerprint``). A record of another search is left for
-    :func:`search_learning_rate` to replace.
-
-    Args:
-        config: The model's resolved config.
-        rates: Learning rates of the search.
-        epochs: Epochs per trial.
-        out: The study's output folder.
-        trial_seeds: Trials per rate.
-        log: A ``print``-like function (told what was reused or why not).
-
-    Returns:
-        The record or None.
-    """
-    name = config["model"]["name"]
-    path = os.path.join(out, name, TUNING_RECORD)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        record = json.load(f)
-    base = _search_config(config, rates, epochs, trial_seeds)
-    if record.get("fingerprint") != config_fingerprint(base, config["data"]["dir"]):
-        log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
-        return None
-    log(f"{name}: learning rate {record['chosen']:g} from {path}, reused")
-    return record
-
-
-def search_learning_rate(config, rates, epochs, out, *, trial_seeds=1, log=print):
-    """Pick a model's learning rate with a keras-tuner grid search on val mAP.
-
-    Always searches, and writes (or replaces) ``out/<name>/tuning.json``;
-    :func:`reusable_tuning_record` says whether an earlier search can stand in.
-    With ``trial_seeds`` > 1 the grid crosses the rates with ``train.seed``
-    0..trial_seeds-1 and a rate scores the mean of its trials
-    (:func:`rate_scores`): one short trial per rate picks on noise where the
-    rates' margins are small.
-
-    Args:
-        config: The model's resolved config (its other settings are kept).
-        rates: Learning rates to try.
-        epochs: Epochs per trial.
-        out: The study's output folder.
-        trial_seeds: Trials per rate, one per seed.
-        log: A ``print``-like function.
-
-    Returns:
-        The record: ``rates``, ``epochs``, ``trial_seeds``, ``val_mAP`` (rate
-        text → the mean over its trials of each trial's best val mAP, None
-        when a trial failed), ``chosen`` and ``seconds`` (the search's wall
-        time; keras-tuner's trials keep none).
-    """
-    import keras
-
-    from kerasmlic.data.manifest import write_json_atomic
-    from kerasmlic.tuning import tune
-
-    name = config["model"]["name"]
-    path = os.path.join(out, name, TUNING_RECORD)
-    base = _search_config(config, rates, epochs, trial_seeds)
-    fingerprint = config_fingerprint(base, config["data"]["dir"])
-    search_start = time.time()
-    result = tune(
-        base,
-        project_name=name,
-        directory=os.path.join(out, "tune"),
-        overwrite=True,
-        log=log,
-    )
-    seconds = time.time() - search_start
-    keras.backend.clear_session()
-    scores = rate_scores(result["trials"])
-    scored = {rate: value for rate, value in scores.items() if value is not None}
-    if not scored:
-        raise UsageError(f"{name}: every trial of the learning-rate search failed")
-    chosen = max(scored, key=scored.get)
-    record = {
-        "rates": [float(r) for r in rates],
-        "epochs": epochs,
-        "trial_seeds": trial_seeds,
-        "val_mAP": {repr(rate): value for rate, value in scores.items()},
-        "chosen": chosen,
-        "seconds": round(seconds, 1),
-        "fingerprint": fingerprint,
-    }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json_atomic(path, record)
-    log(f"{name}: learning rate {chosen:g} (val mAP {100 * scored[chosen]:.1f})")
-    return record
-
-
-def _tune_task(config, rates, epochs, out, trial_seeds, log=print):
-    """One model's search (a task of :func:`_run_tasks`); returns ``(name, record)``."""
-    record = search_learning_rate(config, rates, epochs, out, trial_seeds=trial_seeds, log=log)
-    return config["model"]["name"], record
-
-
-def _selection_task(run, log=print):
-    """Train one rate's seed-0 run unless it finished; return ``(name, rate, best val mAP)``.
-
-    A diverging loss scores None (it disqualifies the rate, not the study).
-    """
-    import keras
-
-    from kerasmlic.evaluation.rundir import RunPaths, is_finished
-    from kerasmlic.training import train
-    from kerasmlic.training.callbacks import TrainingDiverged
-
-    name, rate = run["model"]["name"], run["train"]["learning_rate"]
-    if not is_finished(run["run_dir"]):
-        log(f"{name} at rate {rate:g}: training seed 0 into {run['run_dir']}")
-        try:
-            train(run, log=log)
-        except TrainingDiverged as error:
-            log(f"{name} at rate {rate:g}: {error}")
-            return name, rate, None
-        finally:
-            keras.backend.clear_session()
-    with open(RunPaths(run["run_dir"]).summary) as f:
-        return name, rate, json.load(f)["best_val_mAP"]
-
-
-def full_length_selection(name, rates, scores, run_dirs, out):
-    """Record a rate chosen by full-length seed-0 runs in ``out/<name>/tuning.json``.
-
-    Args:
-        name: A registry name.
-        rates: The rates tried, in order.
-        scores: ``{rate: best val mAP}`` of each rate's seed-0 run, None for
-            a run that diverged.
-        run_dirs: ``{rate: run dir}``.
-        out: The study's output folder.
-
-    Returns:
-        The record: ``selection`` ("full"), ``rates``, ``epochs`` (the runs'),
-        ``val_mAP`` (rate text → score), ``chosen`` (the highest score; the
-        first rate on a tie), ``seconds`` (the training time of the runs at
-        the rates not chosen: the selection's cost beyond seed 0) and
-        ``run_dirs``.
-
-    Raises:
-        UsageError: Every rate's run diverged.
-    """
-    from kerasmlic.data.manifest import write_json_atomic
-    from kerasmlic.evaluation.rundir import RunPaths, read_history
-
-    scored = {rate: scores[rate] for rate in rates if scores[rate] is not None}
-    if not scored:
-        raise UsageError(f"{name}: the seed-0 run diverged at every rate of --rates")
-    chosen = max(scored, key=scored.get)
-    histories = {rate: read_history(RunPaths(run_dirs[rate]).history) for rate in rates}
-    record = {
-        "selection": "full",
-        "rates": [float(r) for r in rates],
-        "epochs": max(len(h.get("epoch", [])) for h in histories.values()),
-        "val_mAP": {repr(float(rate)): scores[rate] for rate in rates},
-        "chosen": float(chosen),
-        "seconds": round(
-            sum(sum(histories[r].get("epoch_seconds", [])) for r in rates if r != chosen), 1
-        ),
-        "run_dirs": {repr(float(rate)): run_dirs[rate] for rate in rates},
-    }
-    write_json_atomic(os.path.join(out, name, TUNING_RECORD), record)
-    return record
-
-
 def _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log):
     """Train seed 0 of every model at every rate for the whole run; record each choice.
 
@@ -420,7 +202,7 @@ def _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log):
                     scores[name, rate] = json.load(f)["best_val_mAP"]
             else:
                 tasks.append((f"{name} lr {rate:g}", (run,)))
-    for name, rate, score in _run_tasks("rate-selection runs", _selection_task, tasks, jobs, log):
+    for name, rate, score in _run_tasks("rate-selection runs", selection_task, tasks, jobs, log):
         scores[name, rate] = score
     tuning = {}
     for name, dirs in run_dirs.items():
@@ -484,6 +266,28 @@ def _run_tasks(kind, function, tasks, jobs, log):
         pids = ", ".join(map(str, pool.pids))
         log(f"{len(tasks)} {kind} in {size} worker processes (pids {pids})")
         yield from pool.map_unordered(function, tasks)
+
+
+def costliest_first(tasks, tuning):
+    """Order ``(model name, label, args)`` tasks by their model's recorded rate-search time.
+
+    The costliest models go first, so the last tasks to finish are short ones
+    and no worker idles long at the end. A model without a record, or a
+    record without a time, goes last; ties keep their order.
+
+    Args:
+        tasks: ``(model name, label, args)`` tuples.
+        tuning: ``{model name: tuning record}`` (``seconds``).
+
+    Returns:
+        A new list.
+
+    Example:
+        >>> costliest_first([("a", "a", ()), ("b", "b", ()), ("c", "c", ())],
+        ...                 {"a": {"seconds": 5.0}, "c": {"seconds": 9.0}})
+        [('c', 'c', ()), ('a', 'a', ()), ('b', 'b', ())]
+    """
+    return sorted(tasks, key=lambda task: -(tuning.get(task[0], {}).get("seconds") or 0))
 
 
 def seed_run_dir(out, name, seed, rate=None):
@@ -649,7 +453,7 @@ def reproduce(
                 searches.append((name, (config, rates, trial_epochs, out, trial_seeds)))
             else:
                 tuning[name] = record
-        for name, record in _run_tasks("searches", _tune_task, searches, jobs, log):
+        for name, record in _run_tasks("searches", tune_task, searches, jobs, log):
             tuning[name] = record
     groups, seed_tasks = {}, []
     for _, seed_config in configs:
@@ -668,9 +472,7 @@ def reproduce(
                 continue
             seed_tasks.append((name, f"{name} seed {seed}", (run, data_dir, split)))
     if jobs > 1:
-        # The costliest models first (their search time says which), so the last
-        # tasks to finish are short ones and no worker idles long at the end.
-        seed_tasks.sort(key=lambda task: -(tuning.get(task[0], {}).get("seconds") or 0))
+        seed_tasks = costliest_first(seed_tasks, tuning)
     seed_tasks = [(label, args) for _, label, args in seed_tasks]
     for _ in _run_tasks("seed runs", _seed_task, seed_tasks, jobs, log):
         pass
