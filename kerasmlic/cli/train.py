@@ -9,6 +9,7 @@ handlers raise :class:`~kerasmlic.errors.UsageError` for bad input, which
 import argparse
 
 from kerasmlic.cli.args import add_set_argument, positive_int
+from kerasmlic.reporting.rate_search import DEFAULT_RATES, RATE_SELECTIONS
 
 
 def add_train_parser(sub):
@@ -175,8 +176,8 @@ def add_reproduce_parser(sub):
     )
     p.add_argument(
         "--rate-selection",
-        choices=("trials", "full"),
-        default="trials",
+        choices=RATE_SELECTIONS,
+        default=RATE_SELECTIONS[0],
         help="how each model's rate is picked: 'trials' (default), the keras-tuner grid of "
         "--tune-epochs trials; 'full', seed 0 trained for the whole run at each rate, the "
         "best kept as seed 0 (short trials favour the rate that learns fastest)",
@@ -204,7 +205,6 @@ def add_reproduce_parser(sub):
 def cmd_reproduce(args):
     """Handle ``kerasmlic reproduce``."""
     from kerasmlic.errors import UsageError
-    from kerasmlic.reporting.rate_search import DEFAULT_RATES
     from kerasmlic.reporting.reproduce import reproduce
 
     models = None

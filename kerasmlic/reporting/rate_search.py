@@ -31,7 +31,7 @@ RATE_SELECTIONS = ("trials", "full")
 """How ``reproduce`` picks each model's rate: short keras-tuner trials, or full-length runs."""
 
 
-def search_config(config, rates, epochs, trial_seeds=1):
+def _search_config(config, rates, epochs, trial_seeds=1):
     """The config of a model's learning-rate search (trial seeds 0..trial_seeds-1)."""
     base = copy.deepcopy(config)
     base["run_dir"] = None
@@ -103,7 +103,7 @@ def reusable_tuning_record(config, rates, epochs, out, *, trial_seeds=1, log=pri
         return None
     with open(path) as f:
         record = json.load(f)
-    base = search_config(config, rates, epochs, trial_seeds)
+    base = _search_config(config, rates, epochs, trial_seeds)
     if record.get("fingerprint") != config_fingerprint(base, config["data"]["dir"]):
         log(f"{name}: {path} is of another config or of rebuilt shards; searching again")
         return None
@@ -142,7 +142,7 @@ def search_learning_rate(config, rates, epochs, out, *, trial_seeds=1, log=print
 
     name = config["model"]["name"]
     path = os.path.join(out, name, TUNING_RECORD)
-    base = search_config(config, rates, epochs, trial_seeds)
+    base = _search_config(config, rates, epochs, trial_seeds)
     fingerprint = config_fingerprint(base, config["data"]["dir"])
     search_start = time.time()
     result = tune(
@@ -175,15 +175,34 @@ def search_learning_rate(config, rates, epochs, out, *, trial_seeds=1, log=print
 
 
 def tune_task(config, rates, epochs, out, trial_seeds, log=print):
-    """One model's search (a worker task of ``reproduce``); returns ``(name, record)``."""
+    """One model's short-trial search, run as a worker task by ``reproduce``.
+
+    Args:
+        config: The model's resolved config.
+        rates: Learning rates to try.
+        epochs: Epochs per trial.
+        out: The study's output folder.
+        trial_seeds: Trials per rate.
+        log: A ``print``-like function.
+
+    Returns:
+        ``(model name, record)`` (:func:`search_learning_rate`).
+    """
     record = search_learning_rate(config, rates, epochs, out, trial_seeds=trial_seeds, log=log)
     return config["model"]["name"], record
 
 
 def selection_task(run, log=print):
-    """Train one rate's seed-0 run unless it finished; return ``(name, rate, best val mAP)``.
+    """Train one rate's full-length seed-0 run unless it finished (a worker task).
 
-    A diverging loss scores None (it disqualifies the rate, not the study).
+    Args:
+        run: The run's resolved config (``train.learning_rate`` is the rate
+            tried, ``run_dir`` its ``OUT/<name>/lr-<rate>/seed-0``).
+        log: A ``print``-like function.
+
+    Returns:
+        ``(model name, rate, best val mAP)``; the score is None when the loss
+        diverged, which disqualifies the rate rather than ending the study.
     """
     import keras
 

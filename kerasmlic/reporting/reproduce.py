@@ -373,9 +373,10 @@ def reproduce(
             a setting that a short trial would judge unfairly, such as a
             slow ``train.bn_momentum`` whose statistics lag the weights for
             the first epochs.
-        jobs: Searches and seed runs at once, each in its own worker process
-            (``--jobs``; default 1: one after another, in this process). All
-            searches run before the seed runs, whose rates they pick.
+        jobs: Searches (or full-length selection runs) and seed runs at
+            once, each in its own worker process (``--jobs``; default 1: one
+            after another, in this process). All of the rate selection runs
+            before the other seed runs, whose rates it picks.
         log: A ``print``-like function.
 
     Returns:
