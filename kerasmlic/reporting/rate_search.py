@@ -16,6 +16,7 @@ Two ways, both recorded in ``OUT/<name>/tuning.json``:
 
 import copy
 import json
+import math
 import os
 import time
 
@@ -206,7 +207,7 @@ def selection_task(run, log=print):
     """
     import keras
 
-    from kerasmlic.evaluation.rundir import RunPaths, is_finished
+    from kerasmlic.evaluation.rundir import is_finished
     from kerasmlic.training import train
     from kerasmlic.training.callbacks import TrainingDiverged
 
@@ -220,8 +221,22 @@ def selection_task(run, log=print):
             return name, rate, None
         finally:
             keras.backend.clear_session()
-    with open(RunPaths(run["run_dir"]).summary) as f:
-        return name, rate, json.load(f)["best_val_mAP"]
+    return name, rate, finished_run_score(run["run_dir"])
+
+
+def finished_run_score(run_dir):
+    """The best val mAP a finished run recorded in its ``summary.json`` (None if not finite).
+
+    Args:
+        run_dir: A finished run directory.
+
+    Returns:
+        A float or None.
+    """
+    from kerasmlic.evaluation.rundir import RunPaths
+
+    with open(RunPaths(run_dir).summary) as f:
+        return json.load(f)["best_val_mAP"]
 
 
 def full_length_selection(name, rates, scores, run_dirs, out):
@@ -260,7 +275,14 @@ def full_length_selection(name, rates, scores, run_dirs, out):
         "val_mAP": {repr(float(rate)): scores[rate] for rate in rates},
         "chosen": float(chosen),
         "seconds": round(
-            sum(sum(histories[r].get("epoch_seconds", [])) for r in rates if r != chosen), 1
+            sum(
+                s
+                for r in rates
+                if r != chosen
+                for s in histories[r].get("epoch_seconds", [])
+                if math.isfinite(s)  # a row cut short reads as NaN
+            ),
+            1,
         ),
         "run_dirs": {repr(float(rate)): run_dirs[rate] for rate in rates},
     }

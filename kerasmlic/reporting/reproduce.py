@@ -54,7 +54,6 @@ Its measured time and convergence are in ``experiments/README.md``.
 """
 
 import copy
-import json
 import os
 import shlex
 import sys
@@ -64,6 +63,7 @@ from kerasmlic.errors import UsageError
 from kerasmlic.reporting.rate_search import (
     DEFAULT_RATES,
     RATE_SELECTIONS,
+    finished_run_score,
     full_length_selection,
     reusable_tuning_record,
     selection_task,
@@ -189,7 +189,7 @@ def _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log):
     Returns:
         ``{model name: record}`` (:func:`full_length_selection`).
     """
-    from kerasmlic.evaluation.rundir import RunPaths, is_finished
+    from kerasmlic.evaluation.rundir import is_finished
 
     scores, run_dirs, tasks = {}, {}, []
     for seed_config in seed_configs:
@@ -198,8 +198,7 @@ def _select_rates_full_length(seed_configs, rates, out, data_dir, jobs, log):
             run = _seed_run(seed_config, out, data_dir, 0, rate)
             run_dirs.setdefault(name, {})[rate] = run["run_dir"]
             if is_finished(run["run_dir"]):
-                with open(RunPaths(run["run_dir"]).summary) as f:
-                    scores[name, rate] = json.load(f)["best_val_mAP"]
+                scores[name, rate] = finished_run_score(run["run_dir"])
             else:
                 tasks.append((f"{name} lr {rate:g}", (run,)))
     for name, rate, score in _run_tasks("rate-selection runs", selection_task, tasks, jobs, log):

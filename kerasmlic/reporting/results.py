@@ -507,11 +507,16 @@ def write_report(
     return {"results": path, "plots": figures, "ordering_holds": holds, "text": text}
 
 
+def _chosen_by_full_runs(tuning):
+    """Whether every record comes from ``reproduce --rate-selection full``."""
+    return all(record.get("selection") == "full" for record in tuning.values())
+
+
 def _tuning_lines(tuning):
     if not tuning:
         return ["Learning rates: each model's config (no tuning)."]
     rates = sorted({rate for record in tuning.values() for rate in record["rates"]})
-    if all(record.get("selection") == "full" for record in tuning.values()):
+    if _chosen_by_full_runs(tuning):
         head = (
             f"Learning rate per model: seed 0 trained for the whole run at each of the same "
             f"{len(rates)} rates for every model (column `epochs`), with the seed runs' "
@@ -716,7 +721,7 @@ def _recorded_time_line(runs, tuning=None):
     carried = f" ({untimed} of {len(tuning)} records carry no time)" if untimed else ""
     searched = (
         "the seed-0 runs at the rates not chosen"
-        if all(r.get("selection") == "full" for r in tuning.values())
+        if _chosen_by_full_runs(tuning)
         else "the tuning searches"
     )
     return f"{head}); in {searched}: {sum(timed) / 60:.1f} min{carried}; evaluation not included"
