@@ -725,6 +725,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"data.batch_size={size['batch_size']}",
         f"train.min_learning_rate_ratio={size['min_learning_rate_ratio']:g}",
         f"--set train.precise_bn_batches={size['precise_bn_batches']}",
+        f"--set train.deterministic={str(size['deterministic']).lower()}",
         f"--seed-set train.use_ema={str(size['seed_use_ema']).lower()}",
         f"--seed-set evaluation.every={size['seed_evaluation_every']}",
         f"--jobs {size['jobs']}",
