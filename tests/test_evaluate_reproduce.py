@@ -570,6 +570,41 @@ def test_seed_runs_go_costliest_model_first_hand_worked():
     assert costliest_first(tasks, {}) == tasks
 
 
+def test_seed_mean_runs_pick_the_best_model_on_the_mean_hand_worked():
+    """The analysis's best sequence model is the one with the best mean, not the best seed 0."""
+    from kerasmlic.reporting.results import best_sequence_run, seed_mean_runs
+
+    def run(name, f1, aps):
+        return {"name": name, "eval": {"OF1_top3": f1, "mAP": 0.3, "per_class": aps}}
+
+    def rows(*aps):
+        return [{"AP": ap} for ap in aps]
+
+    groups = {
+        "bce": [run("bce", 0.5, rows(0.1, None, 0.5)), run("bce", 0.5, rows(0.3, None, 0.5))],
+        # seq2seq wins seed 0 (0.60 against 0.55) but its mean is 0.50.
+        "seq2seq": [
+            run("seq2seq", 0.60, rows(0.9, None, 0.9)),
+            run("seq2seq", 0.40, rows(0, None, 0)),
+        ],
+        "rnn_hidden": [
+            run("rnn_hidden", 0.55, rows(0.2, None, 0.6)),
+            run("rnn_hidden", 0.55, rows(0.4, None, 0.8)),
+        ],
+    }
+    assert best_sequence_run([runs[0] for runs in groups.values()])["name"] == "seq2seq"
+    means = seed_mean_runs(groups)
+    assert [m["name"] for m in means] == ["bce", "seq2seq", "rnn_hidden"]
+    best = best_sequence_run(means)
+    assert best["name"] == "rnn_hidden"
+    assert best["eval"]["OF1_top3"] == pytest.approx(0.55)
+    assert [row["AP"] for row in best["eval"]["per_class"]] == [
+        pytest.approx(0.3),
+        None,
+        pytest.approx(0.7),
+    ]
+
+
 def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):
     import builtins
 
