@@ -359,36 +359,34 @@ def best_sequence_run(runs):
     return max(candidates, key=lambda r: (r["eval"]["OF1_top3"], r["eval"]["mAP"] or 0.0))
 
 
-def seed_mean_runs(groups):
+def seed_mean_runs(groups, summary):
     """Return one run per model whose evaluation holds its seeds' means.
 
-    The multi-seed report picks the best sequence model and measures its
-    per-class AP gain over BCE on these, so neither rests on one seed's draw:
-    ``OF1_top3`` and ``mAP`` are the seed means, and each class's AP is the
-    mean of its APs over the seeds (None where a seed has none: a class with no
-    positives in the split has none in any seed).
+    The multi-seed report checks the ordering, picks the best sequence model
+    and measures its per-class AP gain over BCE on these, so none of them rests
+    on one seed's draw: each metric is its seed mean from ``summary``, and each
+    class's AP is the mean of its APs over the seeds (None where a seed has
+    none: a class with no positives in the split has none in any seed).
 
     Args:
         groups: ``{model name: [loaded runs, one per seed]}``, in report order.
+        summary: ``{model name: {metric key: (mean, std, n)}}``, as
+            :func:`seed_summary` gives it.
 
     Returns:
-        A list of ``{"name": ..., "eval": {"OF1_top3", "mAP", "per_class"}}``.
+        A list of ``{"name": ..., "eval": {metric key: mean, "per_class": rows}}``.
 
     Example:
-        >>> best_sequence_run(seed_mean_runs(loaded))["name"]
+        >>> best_sequence_run(seed_mean_runs(loaded, seed_summary(loaded)))["name"]
         'seq2seq_attention'
     """
-    from kerasmlic.reporting.stats import mean_std
-
     means = []
     for name, runs in groups.items():
         per_class = []
         for rows in zip(*(r["eval"]["per_class"] for r in runs), strict=True):
             aps = [row["AP"] for row in rows]
             per_class.append({"AP": None if None in aps else sum(aps) / len(aps)})
-        evaluation = {
-            key: mean_std([r["eval"][key] for r in runs])[0] for key in ("OF1_top3", "mAP")
-        }
+        evaluation = {key: stats[0] for key, stats in summary[name].items()}
         means.append({"name": name, "eval": {**evaluation, "per_class": per_class}})
     return means
 
@@ -664,15 +662,15 @@ def write_study_report(
         "pr": plots.plot_pr_curves(firsts, os.path.join(out, PLOT_FILES["pr"])),
         "training": plots.plot_training_curves(firsts, os.path.join(out, PLOT_FILES["training"])),
     }
+    means = seed_mean_runs({n: loaded[n] for n in order}, summary)
     analysis_lines, more = _analysis_section(
-        seed_mean_runs({n: loaded[n] for n in order}),
+        means,
         manifest,
         out,
         names,
         basis=f"mean F1@3 over {seeds} seeds (per-class APs averaged over the seeds)",
     )
     figures.update(more)
-    means = [{"name": n, "eval": {"OF1_top3": summary[n]["OF1_top3"][0]}} for n in order]
     holds, order_lines = ordering_check(means)
     paired_lines, paired = paired_table(loaded)
     info = split_info(manifest, split, data_dir)
