@@ -36,7 +36,8 @@ format: $(STAMP)
 
 # The built-in study (experiments/README.md): 800/1000/1000 images, every model's
 # rate chosen between 2 by full-length seed-0 runs, 3 seeds (evaluated on the
-# weights' EMA), deterministic, two tasks at once; resumes where it stopped.
+# weights' EMA at momentum 0.98), deterministic, two tasks at once; resumes
+# where it stopped.
 STUDY_DATA := data/study
 STUDY_SHARDS := data/study-shards
 # The stamp names the size, so data of an earlier size is rebuilt, never reused.
@@ -55,7 +56,8 @@ study: $(STAMP) $(STUDY_BUILT)
 		--rates 0.001,0.002 --rate-selection full \
 		--set data.batch_size=16 --set train.min_learning_rate_ratio=0 \
 		--set train.precise_bn_batches=16 --set train.deterministic=true \
-		--seed-set train.use_ema=true --seed-set evaluation.every=6 --jobs 2 --out runs/study
+		--seed-set train.use_ema=true --seed-set train.ema_momentum=0.98 \
+		--seed-set evaluation.every=6 --jobs 2 --out runs/study
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/input_pipeline.py

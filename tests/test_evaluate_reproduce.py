@@ -767,6 +767,7 @@ def test_make_study_runs_the_recorded_study_size():
         f"--set train.precise_bn_batches={size['precise_bn_batches']}",
         f"--set train.deterministic={str(size['deterministic']).lower()}",
         f"--seed-set train.use_ema={str(size['seed_use_ema']).lower()}",
+        f"--seed-set train.ema_momentum={size['seed_ema_momentum']:g}",
         f"--seed-set evaluation.every={size['seed_evaluation_every']}",
         f"--jobs {size['jobs']}",
     ):
