@@ -40,7 +40,7 @@ rates neither 5e-4 nor 4e-3 ever won), 3 seeds, precise BatchNorm over 16
 training batches before every validation pass, every run deterministic
 (``train.deterministic``: the same seed retrains to the same figures),
 evaluated on an exponential moving average of its weights (``train.use_ema``)
-at momentum 0.98, a horizon of about 50 of the run's 1,200 steps (at the default
+at momentum 0.98, a horizon of about one 48-step epoch of the 24 (at the default
 0.99 the three widest last-3-epoch spreads of 33 runs were 0.30 to 0.57 point,
 one over the 0.5 rule; at 0.98 the same runs retrained to within 0.16, at the
 same val mAP), and validated every 6 epochs and on each of the last 3, two
