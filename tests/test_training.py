@@ -360,6 +360,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # 40-55 s: a subprocess on two virtual CPU devices
 def test_mirrored_strategy_on_two_virtual_cpus(shards, tmp_path):
     run_dir = tmp_path / "mirrored"
     result = subprocess.run(

@@ -443,6 +443,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 50-65 s: a chief and two worker processes
 def test_distributed_chief_and_two_workers_share_the_trials(shards, tmp_path):
     config_path = os.path.join(tmp_path, "dist.yaml")
     space = {
