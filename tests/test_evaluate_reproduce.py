@@ -204,6 +204,7 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
     # 0.8, not a slow 0.99: after one epoch that would leave near-constant scores.
     argv += ["--set", "train.verbose=0", "--seed-set", "evaluation.every=2"]
+    argv += ["--set", "model.encoder=tiny"]  # what is tested is the orchestration
     argv += ["--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
     assert tuned_momenta == [None, None]
@@ -470,7 +471,8 @@ def test_full_length_rate_selection_keeps_the_best_rates_run_as_seed_0(
     argv = ["reproduce", "--data", shards_with_test, "--models", "bce", "--epochs", "1"]
     argv += ["--seeds", "2", "--rates", "1e-3,4e-3", "--rate-selection", "full", "--out", out]
     argv += ["--set", "data.image_size=32", "--set", "data.batch_size=8"]
-    argv += ["--set", "train.verbose=0", "--seed-set", "train.bn_momentum=0.8"]
+    argv += ["--set", "train.verbose=0", "--set", "model.encoder=tiny"]
+    argv += ["--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
     runs = {rate: os.path.join(out, "bce", f"lr-{rate:g}") for rate in (1e-3, 4e-3)}
     best = {

@@ -167,7 +167,6 @@ def test_sharded_prediction_equals_one_process(shards):
         assert results["mAP"] == pytest.approx(expected["mAP"], abs=MAP_ATOL)
 
 
-@pytest.mark.slow  # 35-50 s; `make test` keeps workers-agree-with-one-process (two-phase test)
 def test_two_workers_match_each_other_and_single_process(shards, tmp_path):
     ports = free_ports(2)
     config = _config(shards, tmp_path / "run2")
@@ -424,6 +423,7 @@ def test_two_workers_recurrent_model_sharded_by_data(shards, tmp_path):
     assert logged == pytest.approx(alone, abs=MAP_ATOL)
 
 
+@pytest.mark.slow  # 40-45 s: three worker processes, 5 epochs
 def test_two_workers_stop_early_together_deterministic_and_calibrated(shards, tmp_path):
     import json
 
