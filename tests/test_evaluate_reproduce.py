@@ -202,9 +202,9 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     argv = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden"]
     argv += ["--epochs", "1", "--seeds", "2", "--rates", "1e-3,4e-3", "--tune-epochs", "1"]
     argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
-    # 0.8, not a slow 0.99: after one epoch that would leave near-constant scores.
-    argv += ["--set", "train.verbose=0", "--seed-set", "evaluation.every=2"]
     argv += ["--set", "model.encoder=tiny"]  # what is tested is the orchestration
+    argv += ["--set", "train.verbose=0", "--seed-set", "evaluation.every=2"]
+    # 0.8, not a slow 0.99: after one epoch that would leave near-constant scores.
     argv += ["--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
     assert tuned_momenta == [None, None]
