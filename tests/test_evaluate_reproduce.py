@@ -15,6 +15,11 @@ from kerasmlic.errors import UsageError
 from kerasmlic.metrics import RESULT_KEYS
 from kerasmlic.reporting import analysis
 
+# Every reproduce run here: small images and batches, quiet, and the `tiny` encoder
+# in place of the experiments' `small` one (what is tested is the orchestration).
+SMALL_RUN = ["data.image_size=32", "data.batch_size=8", "train.verbose=0", "model.encoder=tiny"]
+SMALL_RUN_FLAGS = [arg for setting in SMALL_RUN for arg in ("--set", setting)]
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -201,9 +206,7 @@ def test_reproduce_seeds_tuning_and_paired_comparison(
     out = str(tmp_path / "rep")
     argv = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden"]
     argv += ["--epochs", "1", "--seeds", "2", "--rates", "1e-3,4e-3", "--tune-epochs", "1"]
-    argv += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
-    argv += ["--set", "model.encoder=tiny"]  # what is tested is the orchestration
-    argv += ["--set", "train.verbose=0", "--seed-set", "evaluation.every=2"]
+    argv += ["--out", out, *SMALL_RUN_FLAGS, "--seed-set", "evaluation.every=2"]
     # 0.8, not a slow 0.99: after one epoch that would leave near-constant scores.
     argv += ["--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
@@ -301,7 +304,7 @@ def test_reproduce_jobs_run_at_once_and_die_with_a_killed_parent(shards_with_tes
     out = str(tmp_path / "rep")
     args = ["reproduce", "--data", shards_with_test, "--models", "bce,rnn_hidden", "--jobs", "2"]
     args += ["--epochs", "1", "--seeds", "1", "--rates", "1e-3", "--tune-epochs", "1"]
-    args += ["--out", out, "--set", "data.image_size=32", "--set", "data.batch_size=8"]
+    args += ["--out", out, *SMALL_RUN_FLAGS]
     log_path = str(tmp_path / "log")
     started = [os.path.join(out, m, "seed-0", "config.yaml") for m in ("bce", "rnn_hidden")]
     evaluated = [os.path.join(out, m, "seed-0", "eval_test.json") for m in ("bce", "rnn_hidden")]
@@ -446,8 +449,7 @@ def test_trial_seeds_train_one_trial_per_seed(shards, tmp_path):
     from kerasmlic.reporting import rate_search
     from kerasmlic.reporting import reproduce as rep
 
-    overrides = ["data.image_size=32", "data.batch_size=8", "train.verbose=0"]
-    config = rep.run_config("bce", shards, str(tmp_path), overrides=overrides)
+    config = rep.run_config("bce", shards, str(tmp_path), overrides=SMALL_RUN)
     out = str(tmp_path / "out")
     record = rate_search.search_learning_rate(
         config, [1e-3], 1, out, trial_seeds=2, log=lambda line: None
@@ -470,9 +472,7 @@ def test_full_length_rate_selection_keeps_the_best_rates_run_as_seed_0(
     out = str(tmp_path / "rep")
     argv = ["reproduce", "--data", shards_with_test, "--models", "bce", "--epochs", "1"]
     argv += ["--seeds", "2", "--rates", "1e-3,4e-3", "--rate-selection", "full", "--out", out]
-    argv += ["--set", "data.image_size=32", "--set", "data.batch_size=8"]
-    argv += ["--set", "train.verbose=0", "--set", "model.encoder=tiny"]
-    argv += ["--seed-set", "train.bn_momentum=0.8"]
+    argv += [*SMALL_RUN_FLAGS, "--seed-set", "train.bn_momentum=0.8"]
     assert cli_main(argv) == 0
     runs = {rate: os.path.join(out, "bce", f"lr-{rate:g}") for rate in (1e-3, 4e-3)}
     best = {
@@ -672,7 +672,7 @@ def test_reproduce_three_models_two_epochs(shards, tmp_path):
         epochs=2,
         out=out,
         rates=None,
-        overrides=["data.image_size=32", "data.batch_size=8", "train.verbose=0"],
+        overrides=SMALL_RUN,
         log=lambda line: None,
     )
     check_report(out, models, split="val")
