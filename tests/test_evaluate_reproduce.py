@@ -698,6 +698,26 @@ def test_demo_end_to_end(tmp_path):
     assert test["mAP"] == out["results"]["mAP"]
 
 
+def test_demo_config_adds_its_training_settings_with_or_without_the_repository(monkeypatch):
+    """The demo trains on the EMA weights with precise BatchNorm; the fallback matches the yaml."""
+    from kerasmlic.cli import demo
+    from kerasmlic.reporting import reproduce
+
+    from_yaml = demo.demo_config("shards", "run")
+    # The study reads the same yaml without them: every model keeps one recipe there.
+    study = reproduce.run_config("seq2seq_attention", "shards", "out")
+    assert study["train"]["use_ema"] is False and study["train"]["precise_bn_batches"] == 0
+    monkeypatch.setattr(reproduce, "model_config_path", lambda name: None)
+    fallback = demo.demo_config("shards", "run")
+    for config in (from_yaml, fallback):
+        assert config["train"]["use_ema"] is True and config["train"]["precise_bn_batches"] == 16
+        assert config["data"]["dir"] == "shards" and config["run_dir"] == "run"
+    # An installed package (no experiments/) trains what the repository's demo trains.
+    assert fallback["train"] == from_yaml["train"] and fallback["data"] == from_yaml["data"]
+    for key, value in fallback["model"].items():
+        assert value is None or from_yaml["model"][key] == value, key
+
+
 def test_last_epochs_spread_marks_converged_runs_hand_worked():
     from kerasmlic.reporting.results import last_epochs_spread, seed_table
 

@@ -1,7 +1,8 @@
 """``kerasmlic demo``: the main job end to end on the built-in dataset.
 
 synth → build → train the default model (``seq2seq_attention`` on the
-``small`` encoder, config ``experiments/seq2seq_attention.yaml``) → evaluate →
+``small`` encoder, config ``experiments/seq2seq_attention.yaml`` plus
+:data:`DEMO_TRAIN`) → evaluate →
 print the metric table and where the plots are. Sized for about five minutes
 on two CPU cores.
 
@@ -21,6 +22,17 @@ DEMO_SPLITS = {"train": 4000, "val": 1000, "test": 1000}
 
 REPORT_SPLIT = "test"
 """The split the demo's final figures are on (val chose the best epoch)."""
+
+DEMO_TRAIN = {"train.use_ema": True, "train.precise_bn_batches": 16}
+"""What the demo adds to its model's config: validate, keep and export the weights'
+moving average (momentum 0.99, about 100 steps: 0.8 of an epoch here), with BatchNorm
+statistics re-estimated for them from 16 training batches before each validation.
+
+The demo alone sets them: ``kerasmlic reproduce`` reads the same config for the
+study, where every model must have the same recipe. Measured (README, "What `make
+demo` does"): with them the last three val mAPs moved by 0.24 to 0.45 in five runs;
+without them by 0.76 and 0.83 in two of five, at the same test mAP.
+"""
 
 # Used when experiments/seq2seq_attention.yaml is not there (an installed
 # package without the repository); keep in step with that file.
@@ -50,14 +62,17 @@ def demo_config(shard_dir, run_dir):
     from kerasmlic.reporting.reproduce import model_config_path
     from kerasmlic.training.config import load_config
 
+    flags = {**DEMO_TRAIN, "data.dir": shard_dir, "run_dir": run_dir}
     path = model_config_path(DEMO_MODEL)
     if path is None:
         from kerasmlic.training.builder import resolve
+        from kerasmlic.training.config import set_value
 
         config = resolve(FALLBACK_CONFIG)
-        config["data"]["dir"], config["run_dir"] = shard_dir, run_dir
+        for key, value in flags.items():
+            set_value(config, key, value)
         return config
-    return load_config(path, **{"data.dir": shard_dir, "run_dir": run_dir})
+    return load_config(path, **flags)
 
 
 def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "demo")):
@@ -115,7 +130,7 @@ def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "de
         shutil.rmtree(run_dir)  # the demo owns this folder; start a fresh run
     print(
         f"[3/7] train: {config['model']['name']} on the {config['model'].get('encoder', 'tiny')} "
-        f"encoder, {config['train']['epochs']} epochs → {run_dir}",
+        f"encoder, {config['train']['epochs']} epochs, weights' moving average → {run_dir}",
         flush=True,
     )
 
