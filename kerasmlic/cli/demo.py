@@ -128,9 +128,10 @@ def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "de
     config = demo_config(shard_dir, run_dir)
     if is_finished(run_dir):
         shutil.rmtree(run_dir)  # the demo owns this folder; start a fresh run
+    averaged = ", on the weights' moving average" if config["train"]["use_ema"] else ""
     print(
         f"[3/7] train: {config['model']['name']} on the {config['model'].get('encoder', 'tiny')} "
-        f"encoder, {config['train']['epochs']} epochs, weights' moving average → {run_dir}",
+        f"encoder, {config['train']['epochs']} epochs{averaged} → {run_dir}",
         flush=True,
     )
 
