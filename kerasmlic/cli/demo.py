@@ -61,19 +61,14 @@ def demo_config(shard_dir, run_dir):
         A resolved config dict.
     """
     from kerasmlic.reporting.reproduce import model_config_path
-    from kerasmlic.training.config import load_config
+    from kerasmlic.training.builder import resolve
+    from kerasmlic.training.config import set_value
 
-    flags = {**DEMO_TRAIN, "data.dir": shard_dir, "run_dir": run_dir}
-    path = model_config_path(DEMO_MODEL)
-    if path is None:
-        from kerasmlic.training.builder import resolve
-        from kerasmlic.training.config import set_value
-
-        config = resolve(FALLBACK_CONFIG)
-        for key, value in flags.items():
-            set_value(config, key, value)
-        return config
-    return load_config(path, **flags)
+    # One path for the repository's yaml and the installed package's fallback.
+    config = resolve(model_config_path(DEMO_MODEL) or FALLBACK_CONFIG)
+    for key, value in {**DEMO_TRAIN, "data.dir": shard_dir, "run_dir": run_dir}.items():
+        set_value(config, key, value)
+    return config
 
 
 def run_demo(workdir="data", seed=0, export_dir=os.path.join("saved_models", "demo")):
