@@ -4,7 +4,9 @@ synth → build → train the default model (``seq2seq_attention`` on the
 ``small`` encoder, config ``experiments/seq2seq_attention.yaml`` plus
 :data:`DEMO_TRAIN`) → evaluate →
 print the metric table and where the plots are. Sized for about five minutes
-on two CPU cores.
+on two CPU cores of a fast host (4.4 min on 2026-11-30; 6.7 min on a slower
+one on 2026-12-03, where fewer epochs or images cost the 70 mAP target or
+convergence: README, "What `make demo` does").
 
 The built-in dataset has three splits: training picks its best epoch (and
 early stopping, when configured) on ``val``, and the final figures are
