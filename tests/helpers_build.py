@@ -8,14 +8,14 @@ processes inherit the environment, which carries the victim's path.
 import os
 import time
 
-from kerasmlic.data import build
+from kerasmlic.data import shard_writer
 
 DIE_ON_ENV = "KERASMLIC_TEST_DIE_ON"
 DIE_AFTER_ENV = "KERASMLIC_TEST_DIE_AFTER"
 
 
 def prepare_chunk_or_die(entries, max_side):
-    """``build._prepare_chunk``, except the process exits on the file named in $DIE_ON_ENV.
+    """``shard_writer.prepare_chunk``, except the process exits on the file named in $DIE_ON_ENV.
 
     When $DIE_AFTER_ENV names a file, the process first waits (up to 60 s) for it
     to exist, so a test can let some shards complete before the death.
@@ -27,4 +27,4 @@ def prepare_chunk_or_die(entries, max_side):
         while after and not os.path.exists(after) and time.monotonic() < deadline:
             time.sleep(0.02)
         os._exit(9)
-    return build._prepare_chunk(entries, max_side)
+    return shard_writer.prepare_chunk(entries, max_side)

@@ -14,10 +14,8 @@ import tensorflow as tf
 from helpers_data import write_tiny_coco
 from PIL import Image
 
-from kerasmlic.data import build as build_module
-from kerasmlic.data import schema
+from kerasmlic.data import schema, shard_writer
 from kerasmlic.data.build import (
-    CHUNK_SIZE,
     build_split,
     default_num_shards,
     format_summary,
@@ -25,6 +23,7 @@ from kerasmlic.data.build import (
     sidecar_name,
 )
 from kerasmlic.data.manifest import file_sha256, load_manifest, shard_paths
+from kerasmlic.data.shard_writer import CHUNK_SIZE
 from kerasmlic.errors import UsageError
 
 
@@ -404,13 +403,14 @@ def test_resume_after_the_build_process_is_killed(tmp_path):
         f"""
         import os
         import kerasmlic.data.build as build
-        real, count = build.prepare_image, [0]
+        import kerasmlic.data.shard_writer as shard_writer
+        real, count = shard_writer.prepare_image, [0]
         def dying(*args, **kwargs):
             count[0] += 1
             if count[0] == 12:  # the last image, prepared while shard 2 is being written
                 os._exit(9)
             return real(*args, **kwargs)
-        build.prepare_image = dying
+        shard_writer.prepare_image = dying
         build.build_split({tiny.annotations!r}, {tiny.images!r}, "train", {out!r},
                           shards=4, progress=False)
         """
@@ -438,7 +438,7 @@ def test_a_killed_worker_fails_the_build_and_a_rerun_resumes(tmp_path, monkeypat
     tiny = write_tiny_coco(tmp_path, num_images=24, seed=7)
     out = str(tmp_path / "out")
     # The worker given the last image exits on the spot (as if OOM-killed).
-    monkeypatch.setattr(build_module, "_prepare_chunk", helpers_build.prepare_chunk_or_die)
+    monkeypatch.setattr(shard_writer, "prepare_chunk", helpers_build.prepare_chunk_or_die)
     monkeypatch.setenv(helpers_build.DIE_ON_ENV, os.path.realpath(tiny.path_of(1 + 3 * 23)))
     monkeypatch.setenv(helpers_build.DIE_AFTER_ENV, os.path.join(out, sidecar_name("train", 0, 4)))
     with pytest.raises(RuntimeError, match="worker process died"):

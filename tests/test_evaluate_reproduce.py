@@ -574,7 +574,7 @@ def test_seed_runs_go_costliest_model_first_hand_worked():
 
 def test_seed_mean_runs_pick_the_best_model_on_the_mean_hand_worked():
     """The analysis's best sequence model is the one with the best mean, not the best seed 0."""
-    from kerasmlic.reporting.results import best_sequence_run, seed_mean_runs
+    from kerasmlic.reporting.runs import best_sequence_run, seed_mean_runs
     from kerasmlic.reporting.stats import mean_std
 
     def run(name, f1, aps):
@@ -719,7 +719,8 @@ def test_demo_config_adds_its_training_settings_with_or_without_the_repository(m
 
 
 def test_last_epochs_spread_marks_converged_runs_hand_worked():
-    from kerasmlic.reporting.results import last_epochs_spread, seed_table
+    from kerasmlic.reporting.runs import last_epochs_spread
+    from kerasmlic.reporting.tables import seed_table
 
     assert last_epochs_spread({"val_mAP": [0.1, 0.70, 0.71, 0.704]}) == pytest.approx(0.01)
     assert math.isnan(last_epochs_spread({"val_mAP": [0.7, 0.71]}))
@@ -747,7 +748,7 @@ def test_last_epochs_spread_marks_converged_runs_hand_worked():
 
 def test_reproduce_reads_each_models_experiments_config(tmp_path):
     from kerasmlic.reporting import reproduce
-    from kerasmlic.reporting.results import STUDY_MODELS
+    from kerasmlic.reporting.runs import STUDY_MODELS
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert reproduce.experiments_dir() == os.path.join(repo, "experiments")

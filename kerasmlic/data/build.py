@@ -13,7 +13,8 @@ How a build runs:
 3. Images are read, checked and (only where TensorFlow cannot decode them,
    or ``max_side`` asks) converted by
    :mod:`kerasmlic.data.images` — with ``workers > 1`` in a pool of spawned
-   processes, fed runs of :data:`CHUNK_SIZE` images with at most
+   processes (:mod:`kerasmlic.data.shard_writer`), fed runs of
+   :data:`~kerasmlic.data.shard_writer.CHUNK_SIZE` images with at most
    ``2 * workers`` runs in flight — and the main process writes the results
    in plan order. Memory stays flat: a bounded number of encoded images is in
    flight, each is written straight to disk. The pool processes import PIL
@@ -49,37 +50,29 @@ fixed reuses them.
 """
 
 import collections
-import hashlib
-import json
 import math
-import multiprocessing
 import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from kerasmlic.data import manifest as manifest_lib
 from kerasmlic.data.coco import load_coco
-from kerasmlic.data.images import (
-    JPEG_QUALITY,
-    ImageSkip,
-    check_declared_size,
-    prepare_image,
-    resolve_image_path,
+from kerasmlic.data.images import ImageSkip, check_declared_size, resolve_image_path
+from kerasmlic.data.shard_writer import (
+    plan_digest,
+    remove_file,
+    reusable_shard,
+    skip_record,
+    write_shards,
 )
-from kerasmlic.data.manifest import file_sha256
 from kerasmlic.errors import UsageError
-from kerasmlic.processes import exit_with_parent
 
 MIN_SHARDS = 8
 EXAMPLES_PER_SHARD = 1000
 TARGET_SHARD_BYTES = 150 * 10**6
-SIDECAR_VERSION = 2  # 2: files TensorFlow decodes are stored byte for byte
-CHUNK_SIZE = 8  # images per task sent to a worker
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
 
@@ -110,13 +103,6 @@ def default_num_shards(num_images, total_bytes):
         math.ceil(num_images / EXAMPLES_PER_SHARD),
         math.ceil(total_bytes / TARGET_SHARD_BYTES),
     )
-
-
-def _skip(file_name, image_id, reason, path=None):
-    record = {"file": file_name, "image_id": image_id, "reason": reason}
-    if path is not None:
-        record["path"] = path
-    return record
 
 
 def plan_images(images, images_root, keep_empty):
@@ -154,7 +140,7 @@ def plan_images(images, images_root, keep_empty):
             if st.st_size == 0:
                 raise ImageSkip("empty file (0 bytes)")
         except ImageSkip as e:
-            skipped.append(_skip(img.file_name, img.image_id, str(e), path))
+            skipped.append(skip_record(img.file_name, img.image_id, str(e), path))
             continue
         entries.append(
             (
@@ -170,217 +156,6 @@ def plan_images(images, images_root, keep_empty):
             )
         )
     return entries, skipped, num_empty
-
-
-def _plan_digest(split, index, num_shards, entries, max_side):
-    # Everything that decides the shard's bytes, except the pixels themselves
-    # (the source file size stands in for them).
-    payload = {
-        "version": SIDECAR_VERSION,
-        "split": split,
-        "shard": [index, num_shards],
-        "max_side": max_side,
-        "jpeg_quality": JPEG_QUALITY,
-        "entries": [[e[0], e[1], e[3], e[4], e[5], e[6], e[7], e[8]] for e in entries],
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _try_reuse(task):
-    """Return the sidecar of a complete, matching shard, else ``None``."""
-    final = os.path.join(task["out"], task["file"])
-    sidecar = os.path.join(task["out"], task["sidecar"])
-    try:
-        with open(sidecar) as f:
-            record = json.load(f)
-        if (
-            record.get("version") != SIDECAR_VERSION
-            or record.get("plan") != task["digest"]
-            or record.get("file") != task["file"]
-            or not isinstance(record.get("image_ids"), list)
-            or not isinstance(record.get("skipped"), list)
-            or not isinstance(record.get("exif_orientation"), list)
-            or record.get("num_examples") != len(record["image_ids"])
-            or not os.path.isfile(final)
-            or file_sha256(final) != record.get("sha256")
-        ):
-            return None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return record
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _prepare_chunk(entries, max_side):
-    """Read and check a run of planned images (runs in a worker process).
-
-    Returns, per entry, ``(encoded, height, width, reencoded, orientation)`` or a
-    skip reason.
-    """
-    results = []
-    for entry in entries:
-        path, width, height = entry[2], entry[4], entry[5]
-        try:
-            if os.path.realpath(path) != path:
-                raise ImageSkip("file was replaced by a symlink during the build; refused")
-            p = prepare_image(path, max_side=max_side, declared_size=(width, height))
-            results.append((p.encoded, p.height, p.width, p.reencoded, p.orientation))
-        except ImageSkip as e:
-            results.append(str(e))
-    return results
-
-
-class _PreparedStream:
-    """Prepared images in plan order, from worker processes or inline.
-
-    At most ``2 * workers`` chunks of :data:`CHUNK_SIZE` images are in flight,
-    so memory holds a bounded number of encoded images however long the split is.
-    """
-
-    def __init__(self, entries, max_side, workers):
-        self._chunks = iter(
-            [entries[i : i + CHUNK_SIZE] for i in range(0, len(entries), CHUNK_SIZE)]
-        )
-        self._max_side = max_side
-        self._executor = None
-        self._pending = collections.deque()
-        self._ready = collections.deque()
-        if workers > 1 and len(entries) > CHUNK_SIZE:
-            # spawn, not fork: the parent may already run TensorFlow's threads.
-            self._executor = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=exit_with_parent,
-                initargs=(os.getpid(),),
-            )
-            for _ in range(2 * workers):
-                self._submit()
-
-    def _submit(self):
-        chunk = next(self._chunks, None)
-        if chunk is not None:
-            future = self._executor.submit(_prepare_chunk, chunk, self._max_side)
-            self._pending.append((chunk, future))
-
-    def take(self, n):
-        """Yield the next ``n`` ``(entry, result)`` pairs."""
-        for _ in range(n):
-            if not self._ready:
-                if self._executor is None:
-                    chunk = next(self._chunks)
-                    self._ready.extend(
-                        zip(chunk, _prepare_chunk(chunk, self._max_side), strict=True)
-                    )
-                else:
-                    chunk, future = self._pending.popleft()
-                    try:
-                        results = future.result()
-                    except BrokenProcessPool:
-                        raise RuntimeError(
-                            "a build worker process died (out of memory or killed?); rerun "
-                            "the same command to resume: complete shards are reused"
-                        ) from None
-                    self._submit()
-                    self._ready.extend(zip(chunk, results, strict=True))
-            yield self._ready.popleft()
-
-    def close(self):
-        """Stop the workers, dropping work not yet started."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-
-def _write_shard(task, items, strict, report):
-    """Write one shard from prepared images: temp file, rename, then sidecar.
-
-    Args:
-        task: A dict made by :func:`build_split` (file names, entries, digest).
-        items: Iterator of ``(entry, result)`` pairs for ``task["entries"]``.
-        strict: Stop at the first skip.
-        report: Called with a number of images done, for the progress bar.
-
-    Returns:
-        The sidecar dict, or ``{"stopped": skip}`` when ``strict`` met a skip
-        (the temporary file is then removed).
-    """
-    import tensorflow as tf
-
-    from kerasmlic.data.schema import make_example
-
-    out = task["out"]
-    final = os.path.join(out, task["file"])
-    tmp = final + ".tmp"
-    sidecar = os.path.join(out, task["sidecar"])
-    _remove(sidecar)
-    written, skipped, reencoded, rotated = [], [], {}, []
-    stopped = None
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for entry, result in items:
-                image_id, file_name, path, _, _, _, ids, areas, counts = entry
-                report(1)
-                if isinstance(result, str):
-                    skip = _skip(file_name, image_id, result, path)
-                    if strict:
-                        stopped = {"stopped": skip}
-                        break
-                    skipped.append(skip)
-                    continue
-                encoded, height, width, why, orientation = result
-                writer.write(
-                    make_example(encoded, image_id, height, width, file_name, ids, areas, counts)
-                )
-                written.append(image_id)
-                if why:
-                    reencoded[why] = reencoded.get(why, 0) + 1
-                if orientation != 1:
-                    rotated.append(
-                        {"file": file_name, "image_id": image_id, "orientation": orientation}
-                    )
-        if stopped:
-            _remove(tmp)
-            return stopped
-        record = {
-            "version": SIDECAR_VERSION,
-            "file": task["file"],
-            "split": task["split"],
-            "plan": task["digest"],
-            "sha256": file_sha256(tmp),
-            "num_examples": len(written),
-            "image_ids": written,
-            "skipped": skipped,
-            "reencoded": reencoded,
-            "exif_orientation": rotated,
-        }
-        os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    manifest_lib.write_json_atomic(sidecar, record)
-    return record
-
-
-def _write_shards(todo, workers, strict, bar):
-    """Write the shards in ``todo`` in order; return ``({index: record}, strict_skip)``."""
-    stream = _PreparedStream([e for t in todo for e in t["entries"]], todo[0]["max_side"], workers)
-    results = {}
-    try:
-        for task in todo:
-            record = _write_shard(task, stream.take(len(task["entries"])), strict, bar.update)
-            if "stopped" in record:
-                return results, record["stopped"]
-            results[task["index"]] = record
-    finally:
-        stream.close()
-    return results, None
 
 
 def _strict_error(skips):
@@ -418,7 +193,7 @@ def _remove_tmp(out, split):
     """Remove temporary shard files of ``split`` left by an interrupted build."""
     for name in os.listdir(out):
         if name.startswith(f"{split}-") and name.endswith(".tfrecord.tmp"):
-            _remove(os.path.join(out, name))
+            remove_file(os.path.join(out, name))
 
 
 def _remove_stale(out, split, keep):
@@ -427,7 +202,7 @@ def _remove_stale(out, split, keep):
     )
     for name in os.listdir(out):
         if pattern.match(name) and name not in keep:
-            _remove(os.path.join(out, name))
+            remove_file(os.path.join(out, name))
 
 
 def _print_warning(message):
@@ -569,7 +344,7 @@ def build_split(
                 "sidecar": sidecar_name(split, index, num_shards),
                 "entries": block,
                 "max_side": max_side,
-                "digest": _plan_digest(split, index, num_shards, block, max_side),
+                "digest": plan_digest(split, index, num_shards, block, max_side),
             }
         )
 
@@ -578,7 +353,7 @@ def build_split(
 
     records = {}
     for task in tasks:
-        record = _try_reuse(task)
+        record = reusable_shard(task)
         if record is not None:
             records[task["index"]] = record
     todo = [t for t in tasks if t["index"] not in records]
@@ -606,7 +381,7 @@ def build_split(
         dynamic_ncols=True,
     )
     with bar:
-        written, strict_skip = _write_shards(todo, workers, strict, bar) if todo else ({}, None)
+        written, strict_skip = write_shards(todo, workers, strict, bar) if todo else ({}, None)
     if strict_skip is not None:
         _remove_tmp(out, split)
         raise _strict_error([strict_skip])

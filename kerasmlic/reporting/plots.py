@@ -1,6 +1,6 @@
 """PNG plots of a reproduction: PR curves, per-class AP bars, training curves, the analysis.
 
-Every function takes already-loaded data (see :mod:`kerasmlic.reporting.results`)
+Every function takes already-loaded data (see :mod:`kerasmlic.reporting.runs`)
 and writes one PNG atomically with matplotlib's Agg backend (no display needed).
 """
 

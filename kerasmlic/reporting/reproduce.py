@@ -78,7 +78,7 @@ from kerasmlic.reporting.rate_search import (
     selection_task,
     tune_task,
 )
-from kerasmlic.reporting.results import CONVERGED_EPOCHS, STUDY_MODELS
+from kerasmlic.reporting.runs import CONVERGED_EPOCHS, STUDY_MODELS
 from kerasmlic.training import config as config_lib
 from kerasmlic.training.rundir import finished_run_differences
 
