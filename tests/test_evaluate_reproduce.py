@@ -746,6 +746,30 @@ def test_last_epochs_spread_marks_converged_runs_hand_worked():
     assert "| 0.40 ✓ |" in rows["bce"] and "| 0.60 ✗ |" in rows["warp"]
 
 
+def test_results_table_puts_runs_in_the_study_order_with_hand_worked_cells():
+    from kerasmlic.reporting.tables import results_table
+
+    def run(name, f1, seconds):
+        metrics = {"OP_top3": 0.5, "OR_top3": 0.25, "OF1_top3": f1, "mAP": 0.4236}
+        return {
+            "name": name,
+            "eval": {**metrics, "CF1": None, "OF1": float("nan")},
+            "history": {"epoch": [0, 1, 2], "epoch_seconds": [30.0, seconds, float("nan")]},
+            "summary": {},
+        }
+
+    table = results_table([run("label_query", 0.6, 60.0), run("seq2seq", 1 / 3, 90.0)])
+    header, rule, first, second = table.splitlines()
+    assert header.startswith("| model | P | R | F1 | mAP | CF1 | OF1 | epochs | train min")
+    # seq2seq is in the study's table, label_query is not: the study's models come first.
+    assert first == (
+        "| CNN seq2seq (`seq2seq`) | 50.0 | 25.0 | 33.3 | 42.4 | – | – | 3 | 2.0 "
+        "| 68.9 / 65.6 / 67.2 |"
+    )
+    assert second.startswith("| label_query (`label_query`) | 50.0 | 25.0 | 60.0 |")
+    assert second.endswith("| 3 | 1.5 | – |")
+
+
 def test_reproduce_reads_each_models_experiments_config(tmp_path):
     from kerasmlic.reporting import reproduce
     from kerasmlic.reporting.runs import STUDY_MODELS

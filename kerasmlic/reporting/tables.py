@@ -12,7 +12,6 @@ import math
 
 from kerasmlic.reporting.runs import (
     CONVERGED_SPREAD,
-    STUDY_MODELS,
     STUDY_TABLE,
     is_sequence_model,
     last_epochs_spread,
@@ -42,8 +41,8 @@ def results_table(runs):
     Returns:
         Markdown text (header + rows).
     """
-    order = {name: i for i, name in enumerate(STUDY_MODELS)}
-    runs = sorted(runs, key=lambda r: (order.get(r["name"], len(order)), r["name"]))
+    rank = {name: i for i, name in enumerate(study_order({r["name"] for r in runs}))}
+    runs = sorted(runs, key=lambda r: rank[r["name"]])
     lines = [
         "| model | P | R | F1 | mAP | CF1 | OF1 | epochs | train min | study P / R / F1 (COCO) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
