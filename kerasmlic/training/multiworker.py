@@ -55,11 +55,10 @@ import tempfile
 import time
 
 from kerasmlic.errors import UsageError
-from kerasmlic.evaluation.loading import load_model
 from kerasmlic.evaluation.rundir import RunPaths, read_history
 from kerasmlic.training import builder, rundir, setup
 from kerasmlic.training import config as config_lib
-from kerasmlic.training.calibration import calibrate_for_config
+from kerasmlic.training.finish import finish_run
 from kerasmlic.training.strategy import multiworker_strategy
 
 CHECKPOINT_FOLDER = "multiworker"
@@ -466,7 +465,17 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
         return True
     if not os.path.isfile(paths.best):
         cb.save_model_atomic(model, paths.best)
-    _finish(config, paths, names, evaluation, start_time, log, stopped_at)
+    finish_run(
+        config,
+        paths,
+        config["data"]["dir"],
+        names,
+        evaluation,
+        start_time,
+        log=log,
+        stopped_early_at=stopped_at,
+        strategy="multiworker",
+    )
     return True
 
 
@@ -483,47 +492,3 @@ def keras_lr(optimizer):
 
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(np.asarray(inner.learning_rate))
-
-
-def _finish(config, paths, names, evaluation, start_time, log, stopped_at=None):
-    """Chief only: evaluate the best model on the val split and write ``summary.json``."""
-    from kerasmlic.data.manifest import write_json_atomic
-    from kerasmlic.evaluation.evaluate import evaluate_model, format_table, write_evaluation
-    from kerasmlic.training import callbacks as cb
-
-    data_cfg, eval_cfg = config["data"], config["evaluation"]
-    # A model loaded outside the strategy's scope predicts without collectives.
-    best = load_model(paths.best)
-    thresholds_from = calibrate_for_config(best, config, config["data"]["dir"], log)
-    if thresholds_from is not None:
-        cb.save_model_atomic(best, paths.best)
-    results, predictions = evaluate_model(
-        best, config["data"]["dir"], data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
-    )
-    results["thresholds_from"] = thresholds_from
-    write_evaluation(
-        results,
-        predictions,
-        paths.eval_json(data_cfg["val_split"]),
-        paths.predictions(data_cfg["val_split"]),
-    )
-    history = read_history(paths.history)
-    write_json_atomic(
-        paths.summary,
-        {
-            "model": config["model"]["name"],
-            "run_dir": os.path.abspath(paths.root),
-            "epochs": config["train"]["epochs"],
-            "best_epoch": evaluation.best_epoch,
-            "best_val_mAP": cb.finite_or_none(evaluation.best),
-            "stopped_early_at": stopped_at,
-            "train_seconds_this_process": round(time.time() - start_time, 1),
-            "epochs_logged": len(history.get("epoch", [])),
-            "val": {k: v for k, v in results.items() if k != "per_class"},
-            "calibrated": thresholds_from is not None,
-            "thresholds_from": thresholds_from,
-            "strategy": "multiworker",
-        },
-    )
-    log(format_table(results))
-    log(f"run dir: {paths.root} (best.keras from epoch {evaluation.best_epoch})")

@@ -13,19 +13,18 @@ kept, not restored into the last). After training: load the best model (by
 val mAP), optionally calibrate per-class thresholds on data the validation
 split never sees (``evaluation.calibration_split``: a held-out part of train
 by default, see :mod:`kerasmlic.training.builder`), evaluate it on the
-validation split, and write ``summary.json`` last.
+validation split, and write ``summary.json`` last (:mod:`kerasmlic.training.finish`,
+shared with the multi-worker driver).
 """
 
 import os
 import time
 
-from kerasmlic.data.manifest import write_json_atomic
 from kerasmlic.errors import UsageError
-from kerasmlic.evaluation.loading import load_model
-from kerasmlic.evaluation.rundir import RunPaths, read_history
+from kerasmlic.evaluation.rundir import RunPaths
 from kerasmlic.training import builder, rundir, setup
 from kerasmlic.training import config as config_lib
-from kerasmlic.training.calibration import calibrate_for_config
+from kerasmlic.training.finish import finish_run
 
 
 def train_fit(config, *, log=print):
@@ -84,7 +83,7 @@ def _train(config, strategy, model, prepared, log):
     from kerasmlic.training.precise_bn import precise_batchnorm_callback
 
     start_time = time.time()
-    data_cfg, train_cfg, eval_cfg = config["data"], config["train"], config["evaluation"]
+    train_cfg, eval_cfg = config["train"], config["evaluation"]
     paths = RunPaths(config["run_dir"])
     names = prepared.class_names
     data_dir, train_ds = prepared.data_dir, prepared.train_ds
@@ -155,39 +154,14 @@ def _train(config, strategy, model, prepared, log):
 
     if not os.path.isfile(paths.best):
         cb.save_model_atomic(model, paths.best)
-    best = load_model(paths.best)
-    thresholds_from = calibrate_for_config(best, config, data_dir, log)
-    if thresholds_from is not None:
-        cb.save_model_atomic(best, paths.best)
-    from kerasmlic.evaluation.evaluate import evaluate_model, write_evaluation
-
-    results, predictions = evaluate_model(
-        best, data_dir, data_cfg["val_split"], names, batch_size=eval_cfg["batch_size"]
+    finish_run(
+        config,
+        paths,
+        data_dir,
+        names,
+        evaluation,
+        start_time,
+        log=log,
+        stopped_early_at=state.get("stopped_early_at"),
     )
-    results["thresholds_from"] = thresholds_from
-    write_evaluation(
-        results,
-        predictions,
-        paths.eval_json(data_cfg["val_split"]),
-        paths.predictions(data_cfg["val_split"]),
-    )
-    history = read_history(paths.history)
-    summary = {
-        "model": config["model"]["name"],
-        "run_dir": os.path.abspath(paths.root),
-        "epochs": train_cfg["epochs"],
-        "best_epoch": evaluation.best_epoch,
-        "best_val_mAP": cb.finite_or_none(evaluation.best),
-        "stopped_early_at": state.get("stopped_early_at"),
-        "train_seconds_this_process": round(time.time() - start_time, 1),
-        "epochs_logged": len(history.get("epoch", [])),
-        "val": {k: v for k, v in results.items() if k != "per_class"},
-        "calibrated": thresholds_from is not None,
-        "thresholds_from": thresholds_from,
-    }
-    write_json_atomic(paths.summary, summary)
-    from kerasmlic.evaluation.evaluate import format_table
-
-    log(format_table(results))
-    log(f"run dir: {paths.root} (best.keras from epoch {evaluation.best_epoch})")
     return paths.root
