@@ -40,9 +40,12 @@ def _similarity(a, b, similarity, scale):
     return ops.sum(a * b, axis=-1)
 
 
-@keras.saving.register_keras_serializable(package="kerasmlic")
-class LabelEmbeddingSimilarity(layers.Layer):
-    """Learned label embeddings ``(C, E)``; maps image embeddings ``(B, E)`` to logits ``(B, C)``.
+class LabelEmbeddings(layers.Layer):
+    """Learned label embeddings ``(C, E)`` and their similarity settings: the scoring layers' base.
+
+    Subclasses define ``call``: :class:`LabelEmbeddingSimilarity` scores image
+    embeddings against them, :class:`LabelAttentionSimilarity` lets them attend
+    over regions first.
 
     Args:
         num_classes: Number of classes C.
@@ -64,15 +67,6 @@ class LabelEmbeddingSimilarity(layers.Layer):
             name="label_embeddings",
         )
 
-    def call(self, image_embedding):
-        """Return ``(B, C)`` similarity logits."""
-        labels = ops.cast(self.label_embeddings, image_embedding.dtype)
-        return _similarity(image_embedding[:, None, :], labels[None], self.similarity, self.scale)
-
-    def compute_output_shape(self, input_shape):
-        """Return ``(B, C)``."""
-        return (input_shape[0], self.num_classes)
-
     def get_config(self):
         """Return the layer config."""
         return {
@@ -85,7 +79,29 @@ class LabelEmbeddingSimilarity(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasmlic")
-class LabelAttentionSimilarity(layers.Layer):
+class LabelEmbeddingSimilarity(LabelEmbeddings):
+    """Learned label embeddings ``(C, E)``; maps image embeddings ``(B, E)`` to logits ``(B, C)``.
+
+    Args:
+        num_classes: Number of classes C.
+        embed_dim: Embedding size E.
+        similarity: ``cosine`` (scaled by ``scale``) or ``dot``.
+        scale: Multiplier of cosine similarities.
+        **kwargs: Layer arguments.
+    """
+
+    def call(self, image_embedding):
+        """Return ``(B, C)`` similarity logits."""
+        labels = ops.cast(self.label_embeddings, image_embedding.dtype)
+        return _similarity(image_embedding[:, None, :], labels[None], self.similarity, self.scale)
+
+    def compute_output_shape(self, input_shape):
+        """Return ``(B, C)``."""
+        return (input_shape[0], self.num_classes)
+
+
+@keras.saving.register_keras_serializable(package="kerasmlic")
+class LabelAttentionSimilarity(LabelEmbeddings):
     """Label embeddings attend over regions, then score against what they attended to.
 
     For label c with embedding q_c: ``a_c = softmax(q_c · K^T / sqrt(E))`` over
@@ -106,18 +122,6 @@ class LabelAttentionSimilarity(layers.Layer):
         ``(logits (B, C), attention (B, C, N))``.
     """
 
-    def __init__(self, num_classes, embed_dim, similarity="cosine", scale=5.0, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.embed_dim = embed_dim
-        self.similarity = similarity
-        self.scale = scale
-        self.label_embeddings = self.add_weight(
-            shape=(num_classes, embed_dim),
-            initializer=keras.initializers.RandomNormal(stddev=embed_dim**-0.5),
-            name="label_embeddings",
-        )
-
     def call(self, keys, values):
         """Return ``(logits, attention)``."""
         queries = ops.cast(self.label_embeddings, keys.dtype)  # (C, E)
@@ -135,16 +139,6 @@ class LabelAttentionSimilarity(layers.Layer):
             keras.KerasTensor((batch, self.num_classes), dtype=self.compute_dtype),
             keras.KerasTensor((batch, self.num_classes, regions), dtype=self.compute_dtype),
         )
-
-    def get_config(self):
-        """Return the layer config."""
-        return {
-            **super().get_config(),
-            "num_classes": self.num_classes,
-            "embed_dim": self.embed_dim,
-            "similarity": self.similarity,
-            "scale": self.scale,
-        }
 
 
 class JointEmbeddingHead(Head):
