@@ -33,7 +33,7 @@ statistics re-estimated for them from 16 training batches before each validation
 The demo alone sets them: ``kerasmlic reproduce`` reads the same config for the
 study, where every model must have the same recipe. Measured (README, "What `make
 demo` does"): with them the last three val mAPs moved by more than 0.5 point in one
-run of nine (0.54, still rising); without them in three of seven (0.62 to 0.83), at
+run of ten (0.54, still rising); without them in three of seven (0.62 to 0.83), at
 the same test mAP.
 """
 
