@@ -258,6 +258,38 @@ def _check_args(annotations, images, split, out, shards, max_side, workers):
         raise UsageError(f"--workers must be a positive integer, got {workers!r}")
 
 
+def _shard_tasks(entries, split, out, num_shards, max_side):
+    """Cut the plan into ``num_shards`` contiguous blocks, one write task each."""
+    tasks = []
+    for index in range(num_shards):
+        block = entries[
+            index * len(entries) // num_shards : (index + 1) * len(entries) // num_shards
+        ]
+        tasks.append(
+            {
+                "index": index,
+                "split": split,
+                "out": out,
+                "file": shard_name(split, index, num_shards),
+                "sidecar": sidecar_name(split, index, num_shards),
+                "entries": block,
+                "max_side": max_side,
+                "digest": plan_digest(split, index, num_shards, block, max_side),
+            }
+        )
+    return tasks
+
+
+def _write_split_entry(out, existing, classes, split, entry):
+    """Write ``dataset.json`` atomically with ``entry`` as the split's, keeping the others."""
+    manifest = existing or {"format_version": manifest_lib.FORMAT_VERSION, "splits": {}}
+    splits = {**manifest.get("splits", {}), split: entry}
+    manifest_lib.write_json_atomic(
+        manifest_lib.manifest_path(out),
+        {"format_version": manifest_lib.FORMAT_VERSION, "classes": classes, "splits": splits},
+    )
+
+
 def build_split(
     annotations,
     images,
@@ -330,23 +362,7 @@ def build_split(
         raise UsageError(_nothing_written(annotations, coco.images, plan_skips, num_empty, images))
 
     num_shards = shards or default_num_shards(len(entries), sum(e[3] for e in entries))
-    tasks = []
-    for index in range(num_shards):
-        block = entries[
-            index * len(entries) // num_shards : (index + 1) * len(entries) // num_shards
-        ]
-        tasks.append(
-            {
-                "index": index,
-                "split": split,
-                "out": out,
-                "file": shard_name(split, index, num_shards),
-                "sidecar": sidecar_name(split, index, num_shards),
-                "entries": block,
-                "max_side": max_side,
-                "digest": plan_digest(split, index, num_shards, block, max_side),
-            }
-        )
+    tasks = _shard_tasks(entries, split, out, num_shards, max_side)
 
     os.makedirs(out, exist_ok=True)
     _remove_tmp(out, split)
@@ -442,16 +458,7 @@ def build_split(
         },
         "options": {"max_side": max_side, "keep_empty": bool(keep_empty)},
     }
-    manifest = existing or {"format_version": manifest_lib.FORMAT_VERSION, "splits": {}}
-    manifest["format_version"] = manifest_lib.FORMAT_VERSION
-    manifest["classes"] = coco.classes
-    manifest.setdefault("splits", {})[split] = entry
-    manifest = {
-        "format_version": manifest["format_version"],
-        "classes": manifest["classes"],
-        "splits": manifest["splits"],
-    }
-    manifest_lib.write_json_atomic(manifest_lib.manifest_path(out), manifest)
+    _write_split_entry(out, existing, coco.classes, split, entry)
     _remove_stale(out, split, keep={t["file"] for t in tasks} | {t["sidecar"] for t in tasks})
 
     return {
