@@ -282,8 +282,7 @@ def _shard_tasks(entries, split, out, num_shards, max_side):
 
 def _write_split_entry(out, existing, classes, split, entry):
     """Write ``dataset.json`` atomically with ``entry`` as the split's, keeping the others."""
-    manifest = existing or {"format_version": manifest_lib.FORMAT_VERSION, "splits": {}}
-    splits = {**manifest.get("splits", {}), split: entry}
+    splits = {**(existing or {}).get("splits", {}), split: entry}
     manifest_lib.write_json_atomic(
         manifest_lib.manifest_path(out),
         {"format_version": manifest_lib.FORMAT_VERSION, "classes": classes, "splits": splits},

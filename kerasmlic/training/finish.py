@@ -17,13 +17,17 @@ from kerasmlic.evaluation.rundir import read_history
 from kerasmlic.training.calibration import calibrate_for_config
 
 
-def finish_run(config, paths, data_dir, names, evaluation, start_time, *, log=print, **summary):
+def finish_run(
+    model, config, paths, data_dir, names, evaluation, start_time, *, log=print, **summary
+):
     """Evaluate the run's best model on the val split and write ``summary.json``.
 
     The model is loaded from ``best.keras`` outside any distribution strategy's
     scope, so it predicts without collectives.
 
     Args:
+        model: The trained model, saved as ``best.keras`` when no validation
+            pass saved one (e.g. a run with no val mAP).
         config: The run's resolved config.
         paths: Its :class:`~kerasmlic.evaluation.rundir.RunPaths`.
         data_dir: The shard folder.
@@ -42,6 +46,8 @@ def finish_run(config, paths, data_dir, names, evaluation, start_time, *, log=pr
     from kerasmlic.training import callbacks as cb
 
     val_split = config["data"]["val_split"]
+    if not os.path.isfile(paths.best):
+        cb.save_model_atomic(model, paths.best)
     best = load_model(paths.best)
     thresholds_from = calibrate_for_config(best, config, data_dir, log)
     if thresholds_from is not None:

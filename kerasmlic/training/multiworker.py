@@ -463,9 +463,8 @@ def _run(config, strategy, model, data_dir, manifest, train_info, chief, work_di
 
     if not chief:
         return True
-    if not os.path.isfile(paths.best):
-        cb.save_model_atomic(model, paths.best)
     finish_run(
+        model,
         config,
         paths,
         config["data"]["dir"],

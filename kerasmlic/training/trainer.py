@@ -17,7 +17,6 @@ validation split, and write ``summary.json`` last (:mod:`kerasmlic.training.fini
 shared with the multi-worker driver).
 """
 
-import os
 import time
 
 from kerasmlic.errors import UsageError
@@ -152,9 +151,8 @@ def _train(config, strategy, model, prepared, log):
             state["stopped_early_at"] = stopper.stopped_epoch
         rundir.write_state(paths.root, state)
 
-    if not os.path.isfile(paths.best):
-        cb.save_model_atomic(model, paths.best)
     finish_run(
+        model,
         config,
         paths,
         data_dir,
