@@ -18,7 +18,7 @@ user + system) is the trainer's own cost per image: what the service should
 cut (goal: >= 50% less than (a), at no loss of images/s). The workers' CPU
 per image is shown beside it (their sum is what the service costs in total).
 
-The data are the JPEGs and shards of ``benchmarks/input_pipeline.py``
+The data are the JPEGs and shards of ``benchmarks/coco_like_data.py``
 (COCO-like, longer side mostly 640 px, quality 90), generated once and cached
 under ``benchmarks/_work/input_pipeline``.
 
@@ -56,7 +56,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import input_pipeline  # noqa: E402  (the data and the training augmentation of issue 2)
+import coco_like_data  # noqa: E402  (the benchmarks' COCO-like JPEGs and shards)
+import input_pipeline  # noqa: E402  (the training augmentation of issue 2)
 
 A = "(a) local tf.data"
 B = "(b) service, 1 worker"
@@ -221,7 +222,7 @@ def main(argv=None):
     parser.add_argument("--work", default=os.path.join(HERE, "_work", "input_pipeline"))
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    _, shards = input_pipeline.prepare_data(args.work, args.images, workers=cores)
+    _, shards = coco_like_data.prepare_data(args.work, args.images, workers=cores)
     log_dir = os.path.join(HERE, "_work", "data_service_logs")
     os.makedirs(log_dir, exist_ok=True)
 

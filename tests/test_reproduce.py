@@ -1,166 +1,29 @@
+"""`kerasmlic reproduce`: rate selection, seed runs, reuse, jobs and the report it writes."""
+
 import csv
 import glob
 import json
-import math
 import os
 import time
 
 import numpy as np
 import pytest
 import yaml
-from helpers_data import write_tiny_coco
 from helpers_training import cli_main, tiny_shards
 
 from kerasmlic.errors import UsageError
-from kerasmlic.metrics import RESULT_KEYS
-from kerasmlic.reporting import analysis
 
 # Every reproduce run here: small images and batches, quiet, and the `tiny` encoder
 # in place of the experiments' `small` one (what is tested is the orchestration).
 SMALL_RUN = ["data.image_size=32", "data.batch_size=8", "train.verbose=0", "model.encoder=tiny"]
+
+
 SMALL_RUN_FLAGS = [arg for setting in SMALL_RUN for arg in ("--set", setting)]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return tiny_shards(str(tmp_path_factory.getbasetemp() / "tiny-data"))
-
-
-@pytest.fixture(scope="module")
-def trained_run(shards, tmp_path_factory):
-    from kerasmlic.training import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "bce"
-    config = {
-        "model": {"name": "bce"},
-        "data": {"dir": shards, "image_size": 32, "batch_size": 8},
-        "train": {"epochs": 1, "verbose": 0},
-        "evaluation": {"calibrate": True},
-        "run_dir": str(run_dir),
-    }
-    return train(config, log=lambda line: None)
-
-
-def test_calibrated_thresholds_are_saved_and_raise_per_class_f1(trained_run, shards):
-    from kerasmlic.evaluation.loading import load_model
-    from kerasmlic.evaluation.predict import predict_split
-    from kerasmlic.metrics import evaluate_predictions
-    from kerasmlic.training.calibration import find_thresholds_layers
-
-    model = load_model(os.path.join(trained_run, "best.keras"))
-    (layer,) = find_thresholds_layers(model)
-    thresholds = layer.thresholds.numpy()
-    assert thresholds.shape == (80,) and not np.allclose(thresholds, 0.5)
-    with np.load(os.path.join(trained_run, "predictions_val.npz")) as npz:
-        scores, predicted = npz["scores"], npz["predicted"]
-    np.testing.assert_array_equal(predicted, (scores >= thresholds).astype(np.float32))
-    # Fit on the train holdout (the default), where they beat 0.5 class by class;
-    # the val figures are reported with them but never chose them.
-    held = predict_split(model, shards, "train", holdout=("heldout", 0.1))
-    calibrated = evaluate_predictions(held["y_true"], held["scores"], thresholds=thresholds)
-    plain = evaluate_predictions(held["y_true"], held["scores"], thresholds=0.5)
-    f1 = [[row["F1"] for row in r["per_class"]] for r in (calibrated, plain)]
-    assert all(a >= b - 1e-9 for a, b in zip(f1[0], f1[1], strict=True))
-    assert sum(f1[0]) > sum(f1[1])
-    during = json.loads(open(os.path.join(trained_run, "eval_val.json")).read())
-    assert during["thresholds_from"] == "train-holdout"
-
-
-# ------------------------------------------------------------------- evaluate
-
-
-def test_evaluate_cli_writes_the_json_with_design_keys(trained_run, tmp_path, capsys):
-    out = tmp_path / "out" / "eval.json"
-    assert cli_main(["evaluate", trained_run, "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "mAP" in printed and "top-3" in printed and str(out) in printed
-    results = json.loads(out.read_text())
-    assert set(results) == {*RESULT_KEYS, "thresholds_from"}
-    assert results["thresholds_from"] == "train-holdout"
-    assert results["num_images"] == 32 and len(results["per_class"]) == 80
-    assert set(results["per_class"][0]) == {"name", "AP", "P", "R", "F1", "support"}
-    assert results["per_class"][0]["name"] == "person"
-    # Same model, same data: the figures of the training run's own evaluation.
-    during = json.loads(open(os.path.join(trained_run, "eval_val.json")).read())
-    for key in ("mAP", "OF1_top3", "CF1", "EF1"):
-        assert results[key] == pytest.approx(during[key], abs=1e-6)
-
-
-def test_evaluate_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
-    other = write_tiny_coco(tmp_path / "coco", num_images=6, num_classes=5)
-    from kerasmlic.data.build import build_split
-
-    five = str(tmp_path / "five")
-    build_split(other.annotations, other.images, "val", five, progress=False)
-    cases = [
-        (["evaluate", str(tmp_path / "nope")], "run dir"),
-        (["evaluate", str(tmp_path)], "no best.keras"),
-        (["evaluate", trained_run, "--split", "test"], "split 'test' not found"),
-        (["evaluate", trained_run, "--data", str(tmp_path / "gone")], "does not exist"),
-        (["evaluate", trained_run, "--data", five], "do not match the model's class list"),
-    ]
-    for argv, message in cases:
-        assert cli_main(argv) == 2, argv
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (argv, err)
-
-
-# ------------------------------------------------------------------ analysis
-
-
-def test_cooccurrence_strength_and_size_hand_worked():
-    info = {
-        "label_counts": [2, 1, 0],
-        "cooccurrence": [[2, 1, 0], [1, 1, 0], [0, 0, 0]],
-        "label_mean_area": [0.5, 0.01, 0.0],
-    }
-    strength = analysis.cooccurrence_strength(info)
-    assert strength[0] == pytest.approx(0.5) and strength[1] == pytest.approx(1.0)
-    assert np.isnan(strength[2])
-    size = analysis.object_size(info)
-    assert size[:2].tolist() == [0.5, 0.01] and np.isnan(size[2])
-
-
-def test_correlations_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=40)
-    y = 2.0 * x + rng.normal(size=40)
-    x[3] = x[7]  # a tie
-    assert analysis.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0])
-    assert analysis.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
-    rho, p = analysis.permutation_p_value(x, y, permutations=500)
-    assert rho == pytest.approx(stats.spearmanr(x, y)[0]) and p < 0.01
-    _, p_null = analysis.permutation_p_value(x, rng.normal(size=40), permutations=500)
-    assert p_null > 0.01
-
-
-def test_gain_analysis_finds_a_planted_relation():
-    c = 30
-    rng = np.random.default_rng(1)
-    counts = rng.integers(5, 50, c)
-    cooc = np.diag(counts).astype(float)
-    others = rng.uniform(0.2, 3.0, c)  # mean other labels per image
-    cooc[np.arange(c), (np.arange(c) + 1) % c] = others * counts
-    info = {
-        "label_counts": counts.tolist(),
-        "cooccurrence": cooc.tolist(),
-        "label_mean_area": rng.uniform(0.001, 0.3, c).tolist(),
-    }
-    base = rng.uniform(0.2, 0.6, c)
-    gain = 0.05 * others  # the planted effect: more co-occurrence, more gain
-
-    def results(ap):
-        return {"per_class": [{"AP": float(a)} for a in ap]}
-
-    out = analysis.gain_analysis(results(base + gain), results(base), info, permutations=300)
-    assert out["num_classes"] == c and out["classes_improved"] == c
-    assert out["cooccurrence_stats"]["rho"] == pytest.approx(1.0)
-    assert out["cooccurrence_stats"]["p"] < 0.01
-    assert abs(out["size_stats"]["rho"]) < 0.5
-
-
-# ------------------------------------------------------------------ reproduce
 
 
 @pytest.fixture(scope="module")
@@ -572,77 +435,6 @@ def test_seed_runs_go_costliest_model_first_hand_worked():
     assert costliest_first(tasks, {}) == tasks
 
 
-def test_seed_mean_runs_pick_the_best_model_on_the_mean_hand_worked():
-    """The analysis's best sequence model is the one with the best mean, not the best seed 0."""
-    from kerasmlic.reporting.runs import best_sequence_run, seed_mean_runs
-    from kerasmlic.reporting.stats import mean_std
-
-    def run(name, f1, aps):
-        return {"name": name, "eval": {"OF1_top3": f1, "mAP": 0.3, "per_class": aps}}
-
-    def rows(*aps):
-        return [{"AP": ap} for ap in aps]
-
-    groups = {
-        "bce": [run("bce", 0.5, rows(0.1, None, 0.5)), run("bce", 0.5, rows(0.3, None, 0.5))],
-        # seq2seq wins seed 0 (0.60 against 0.55) but its mean is 0.50.
-        "seq2seq": [
-            run("seq2seq", 0.60, rows(0.9, None, 0.9)),
-            run("seq2seq", 0.40, rows(0, None, 0)),
-        ],
-        "rnn_hidden": [
-            run("rnn_hidden", 0.55, rows(0.2, None, 0.6)),
-            run("rnn_hidden", 0.55, rows(0.4, None, 0.8)),
-        ],
-    }
-    assert best_sequence_run([runs[0] for runs in groups.values()])["name"] == "seq2seq"
-    summary = {
-        name: {key: mean_std([r["eval"][key] for r in runs]) for key in ("OF1_top3", "mAP")}
-        for name, runs in groups.items()
-    }
-    means = seed_mean_runs(groups, summary)
-    assert [m["name"] for m in means] == ["bce", "seq2seq", "rnn_hidden"]
-    best = best_sequence_run(means)
-    assert best["name"] == "rnn_hidden"
-    assert best["eval"]["OF1_top3"] == pytest.approx(0.55)
-    assert [row["AP"] for row in best["eval"]["per_class"]] == [
-        pytest.approx(0.3),
-        None,
-        pytest.approx(0.7),
-    ]
-
-
-def test_paired_comparison_hand_worked_and_math_fallback(monkeypatch):
-    import builtins
-
-    from kerasmlic.reporting.stats import mean_std, paired_comparison, t_two_sided_p
-
-    assert mean_std([1.0, 3.0, None, float("nan")]) == (2.0, pytest.approx(2**0.5), 2)
-    # Differences 0.1, 0.2, 0.3: mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3.
-    out = paired_comparison([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
-    assert out["mean_diff"] == pytest.approx(0.2) and out["std_diff"] == pytest.approx(0.1)
-    assert out["t"] == pytest.approx(2 * 3**0.5) and out["method"] == "scipy"
-    # t = 2 sqrt 3 with 2 df: p = 1 - t / sqrt(t^2 + 2) = 1 - sqrt(12 / 14).
-    assert out["p"] == pytest.approx(1 - (12 / 14) ** 0.5, rel=1e-9)
-    real_import = builtins.__import__
-
-    def no_scipy(name, *args, **kwargs):
-        if name == "scipy" or name.startswith("scipy."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_scipy)
-    fallback = paired_comparison([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
-    assert fallback["method"] == "math" and fallback["p"] == pytest.approx(out["p"], rel=1e-9)
-    monkeypatch.undo()
-    from scipy import stats
-
-    for t, df in ((0.3, 1), (2.5, 3), (-4.0, 7), (12.0, 30)):
-        assert t_two_sided_p(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-8)
-    single = paired_comparison([0.6], [0.5])
-    assert single["n"] == 1 and np.isnan(single["p"])
-
-
 def test_reproduce_rejects_unknown_models(shards, tmp_path):
     from kerasmlic.reporting.reproduce import reproduce
 
@@ -677,97 +469,6 @@ def test_reproduce_three_models_two_epochs(shards, tmp_path):
     )
     check_report(out, models, split="val")
     assert report["ordering_holds"] in (True, False) and report["split"] == "val"
-
-
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    from kerasmlic.cli.demo import run_demo
-
-    out = run_demo(workdir=str(tmp_path / "data"))
-    # Well above what BCE reaches after its first epoch on the built-in data (about 0.22).
-    assert out["results"]["mAP"] > 0.40
-    for path in out["plots"].values():
-        assert os.path.getsize(path) > 5000
-    assert os.path.isfile(os.path.join(out["run_dir"], "eval_val.json"))  # model selection
-    assert out["split"] == "test"  # the figures: a split no choice has seen
-    test = json.load(open(os.path.join(out["run_dir"], "eval_test.json")))
-    from kerasmlic.data.manifest import load_manifest
-
-    built = load_manifest(out["shard_dir"])["splits"]["test"]["num_examples"]
-    assert 950 <= test["num_images"] == built <= 1000  # images with no label are not built
-    assert test["mAP"] == out["results"]["mAP"]
-
-
-def test_demo_config_adds_its_training_settings_with_or_without_the_repository(monkeypatch):
-    """The demo trains on the EMA weights with precise BatchNorm; the fallback matches the yaml."""
-    from kerasmlic.cli import demo
-    from kerasmlic.reporting import reproduce
-
-    from_yaml = demo.demo_config("shards", "run")
-    # The study reads the same yaml without them: every model keeps one recipe there.
-    study = reproduce.run_config("seq2seq_attention", "shards", "out")
-    assert study["train"]["use_ema"] is False and study["train"]["precise_bn_batches"] == 0
-    monkeypatch.setattr(reproduce, "model_config_path", lambda name: None)
-    fallback = demo.demo_config("shards", "run")
-    for config in (from_yaml, fallback):
-        assert config["train"]["use_ema"] is True and config["train"]["precise_bn_batches"] == 16
-        assert config["data"]["dir"] == "shards" and config["run_dir"] == "run"
-    # An installed package (no experiments/) trains what the repository's demo trains.
-    assert fallback["train"] == from_yaml["train"] and fallback["data"] == from_yaml["data"]
-    for key, value in fallback["model"].items():
-        assert value is None or from_yaml["model"][key] == value, key
-
-
-def test_last_epochs_spread_marks_converged_runs_hand_worked():
-    from kerasmlic.reporting.runs import last_epochs_spread
-    from kerasmlic.reporting.tables import seed_table
-
-    assert last_epochs_spread({"val_mAP": [0.1, 0.70, 0.71, 0.704]}) == pytest.approx(0.01)
-    assert math.isnan(last_epochs_spread({"val_mAP": [0.7, 0.71]}))
-
-    def run(curve):
-        return {
-            "eval": {k: 0.5 for k in ("OP_top3", "OR_top3", "OF1_top3", "mAP", "CF1", "OF1")},
-            "history": {"epoch": list(range(len(curve))), "val_mAP": curve},
-            "config": {"train": {"learning_rate": 1e-3}},
-            "summary": {},
-        }
-
-    # Worst seed: 0.004 (converged) for bce; 0.006 for warp (not converged).
-    table = seed_table(
-        {
-            "bce": [run([0.2, 0.600, 0.603, 0.604]), run([0.3, 0.6, 0.6, 0.6])],
-            "warp": [run([0.2, 0.500, 0.506, 0.503]), run([0.3, 0.5, 0.5, 0.5])],
-        }
-    )
-    rows = {
-        name: line for line in table.splitlines() for name in ("bce", "warp") if f"`{name}`" in line
-    }
-    assert "| 0.40 ✓ |" in rows["bce"] and "| 0.60 ✗ |" in rows["warp"]
-
-
-def test_results_table_puts_runs_in_the_study_order_with_hand_worked_cells():
-    from kerasmlic.reporting.tables import results_table
-
-    def run(name, f1, seconds):
-        metrics = {"OP_top3": 0.5, "OR_top3": 0.25, "OF1_top3": f1, "mAP": 0.4236}
-        return {
-            "name": name,
-            "eval": {**metrics, "CF1": None, "OF1": float("nan")},
-            "history": {"epoch": [0, 1, 2], "epoch_seconds": [30.0, seconds, float("nan")]},
-            "summary": {},
-        }
-
-    table = results_table([run("label_query", 0.6, 60.0), run("seq2seq", 1 / 3, 90.0)])
-    header, rule, first, second = table.splitlines()
-    assert header.startswith("| model | P | R | F1 | mAP | CF1 | OF1 | epochs | train min")
-    # seq2seq is in the study's table, label_query is not: the study's models come first.
-    assert first == (
-        "| CNN seq2seq (`seq2seq`) | 50.0 | 25.0 | 33.3 | 42.4 | – | – | 3 | 2.0 "
-        "| 68.9 / 65.6 / 67.2 |"
-    )
-    assert second.startswith("| label_query (`label_query`) | 50.0 | 25.0 | 60.0 |")
-    assert second.endswith("| 3 | 1.5 | – |")
 
 
 def test_reproduce_reads_each_models_experiments_config(tmp_path):
