@@ -75,6 +75,80 @@ def _two_phase(config, fine_tune_lr=0.001):
     return config
 
 
+def _run_two_workers(config, tmp_path, prefix, extra_env=None):
+    """Run a chief and one worker to the end; check both exit 0 on the same weights.
+
+    Args:
+        config: The run's config.
+        tmp_path: Folder for the weight dumps and logs (``{prefix}{0,1}.npz/.log``).
+        prefix: Names this run's files apart from another run's in the same folder.
+        extra_env: Environment added to both workers.
+
+    Returns:
+        The chief's log.
+    """
+    procs = []
+    try:
+        ports = free_ports(2)
+        procs = [
+            start_worker(config, tmp_path / f"{prefix}{i}.npz", tmp_path / f"{prefix}{i}.log",
+                         ports=ports, index=i, extra_env=extra_env)
+            for i in range(2)
+        ]  # fmt: skip
+        codes = wait_all(procs, TIMEOUT)
+    finally:
+        kill_all(procs)
+    chief_log = _log(tmp_path / f"{prefix}0.log")
+    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / f"{prefix}1.log")[-3000:]
+    w0, w1 = _weights(tmp_path / f"{prefix}0.npz"), _weights(tmp_path / f"{prefix}1.npz")
+    assert w0.keys() == w1.keys()
+    for key in w0:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    return chief_log
+
+
+def _kill_worker_and_restart(config, tmp_path, kill_epoch):
+    """Run two workers until worker 1 SIGKILLs itself, then restart both; check they agree.
+
+    Worker 1 kills itself one step into epoch ``kill_epoch + 1``, after checkpoint
+    ``kill_epoch``. The chief is then stuck in (or failed out of) a collective with
+    the dead worker, so, as a cluster manager would, the whole job is restarted.
+
+    Args:
+        config: The run's config (``run_dir`` under ``tmp_path``).
+        tmp_path: Folder for the workers' weight dumps and logs.
+        kill_epoch: The last epoch checkpointed before the kill (1-based).
+
+    Returns:
+        The restarted chief's log, once both workers exited 0, resumed after
+        ``kill_epoch`` and ended on the same weights.
+    """
+    procs = []
+    try:
+        ports = free_ports(2)
+        procs = [
+            start_worker(config, tmp_path / "a0.npz", tmp_path / "a0.log", ports=ports, index=0),
+            start_worker(
+                config,
+                tmp_path / "a1.npz",
+                tmp_path / "a1.log",
+                ports=ports,
+                index=1,
+                extra_env={KILL_HOOK_ENV: str(kill_epoch)},
+            ),
+        ]
+        assert wait_all(procs[1:], TIMEOUT) == [-9], _log(tmp_path / "a1.log")[-3000:]
+        wait_all(procs[:1], 10)
+    finally:
+        kill_all(procs)
+    ckpt = os.path.join(config["run_dir"], "backup", "multiworker")
+    assert os.path.isfile(os.path.join(ckpt, f"ckpt-{kill_epoch}.index"))
+    assert not os.path.exists(os.path.join(ckpt, f"ckpt-{kill_epoch + 1}.index"))
+    chief_log = _run_two_workers(config, tmp_path, "b")
+    assert f"resuming after epoch {kill_epoch}" in chief_log
+    return chief_log
+
+
 def _val_map_of_best(run_dir):
     """The sharded val mAP logged at the best epoch, and the chief's own evaluation of it."""
     import json
@@ -259,39 +333,8 @@ def test_two_phases_match_single_process_and_validation_is_sharded(shards, tmp_p
 @pytest.mark.slow  # 100-150 s on 2 shared cores: four worker start-ups
 def test_killed_worker_resumes_inside_phase_two(shards, tmp_path):
     config = _two_phase(_config(shards, tmp_path / "run", epochs=3))
-    procs = []
-    try:
-        ports = free_ports(2)
-        # Worker 1 SIGKILLs itself one step into epoch 3: the second of phase 2.
-        procs = [
-            start_worker(config, tmp_path / "a0.npz", tmp_path / "a0.log", ports=ports, index=0),
-            start_worker(
-                config,
-                tmp_path / "a1.npz",
-                tmp_path / "a1.log",
-                ports=ports,
-                index=1,
-                extra_env={KILL_HOOK_ENV: "2"},
-            ),
-        ]
-        assert wait_all(procs[1:], TIMEOUT) == [-9], _log(tmp_path / "a1.log")[-3000:]
-        wait_all(procs[:1], 10)
-        kill_all(procs)
-        ckpt = tmp_path / "run" / "backup" / "multiworker"
-        assert (ckpt / "ckpt-2.index").is_file() and not (ckpt / "ckpt-3.index").exists()
-
-        ports = free_ports(2)
-        procs = [
-            start_worker(config, tmp_path / f"b{i}.npz", tmp_path / f"b{i}.log",
-                         ports=ports, index=i)
-            for i in range(2)
-        ]  # fmt: skip
-        codes = wait_all(procs, TIMEOUT)
-    finally:
-        kill_all(procs)
-    chief_log = _log(tmp_path / "b0.log")
-    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / "b1.log")[-3000:]
-    assert "resuming after epoch 2" in chief_log
+    # Worker 1 SIGKILLs itself one step into epoch 3: the second of phase 2.
+    chief_log = _kill_worker_and_restart(config, tmp_path, kill_epoch=2)
     assert "phase 1:" not in chief_log and "phase 2: epochs 2-3, encoder fine-tuned" in chief_log
     assert "epoch 2/3" not in chief_log and "epoch 3/3" in chief_log
     rows = _history(tmp_path / "run")
@@ -301,9 +344,6 @@ def test_killed_worker_resumes_inside_phase_two(shards, tmp_path):
     # epoch 2, cosine over epoch 3) ends at 1% of the fine-tuning peak.
     lrs = [float(r["learning_rate"]) for r in rows]
     np.testing.assert_allclose(lrs[1:], [0.001, 0.01 * 0.001], rtol=1e-5)
-    w0, w1 = _weights(tmp_path / "b0.npz"), _weights(tmp_path / "b1.npz")
-    for key in w0:
-        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
 
 
 @pytest.mark.slow  # about 40 s: two one-process runs
@@ -339,45 +379,10 @@ def test_restart_at_the_phase_boundary_starts_phase_two_afresh(shards, tmp_path)
 # about 90-140 s on 2 cores, four worker start-ups.
 def test_killed_worker_resumes_from_last_checkpoint(shards, tmp_path):
     config = _config(shards, tmp_path / "run", epochs=3)
-    procs = []
-    try:
-        ports = free_ports(2)
-        # Worker 1 SIGKILLs itself one step into epoch 2 (after checkpoint 1).
-        procs = [
-            start_worker(config, tmp_path / "a0.npz", tmp_path / "a0.log", ports=ports, index=0),
-            start_worker(
-                config,
-                tmp_path / "a1.npz",
-                tmp_path / "a1.log",
-                ports=ports,
-                index=1,
-                extra_env={KILL_HOOK_ENV: "1"},
-            ),
-        ]
-        assert wait_all(procs[1:], TIMEOUT) == [-9], _log(tmp_path / "a1.log")[-3000:]
-        # The chief is stuck in (or failed out of) a collective with the dead
-        # worker: as a cluster manager would, restart the whole job.
-        wait_all(procs[:1], 10)
-        kill_all(procs)
-        ckpt = tmp_path / "run" / "backup" / "multiworker"
-        assert (ckpt / "ckpt-1.index").is_file() and not (ckpt / "ckpt-2.index").exists()
-
-        ports = free_ports(2)
-        procs = [
-            start_worker(config, tmp_path / f"b{i}.npz", tmp_path / f"b{i}.log", **kw)
-            for i, kw in enumerate([{"ports": ports, "index": 0}, {"ports": ports, "index": 1}])
-        ]
-        codes = wait_all(procs, TIMEOUT)
-    finally:
-        kill_all(procs)
-    chief_log = _log(tmp_path / "b0.log")
-    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / "b1.log")[-3000:]
-    assert "resuming after epoch 1" in chief_log
+    # Worker 1 SIGKILLs itself one step into epoch 2 (after checkpoint 1).
+    chief_log = _kill_worker_and_restart(config, tmp_path, kill_epoch=1)
     assert "epoch 1/3" not in chief_log and "epoch 2/3" in chief_log  # epoch 1 not redone
     assert [int(r["epoch"]) for r in _history(tmp_path / "run")] == [0, 1, 2]
-    w0, w1 = _weights(tmp_path / "b0.npz"), _weights(tmp_path / "b1.npz")
-    for key in w0:
-        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
 
 
 @pytest.mark.slow  # about 60 s: a recurrent model, sharded by record
@@ -398,24 +403,8 @@ def test_two_workers_recurrent_model_sharded_by_data(shards, tmp_path):
     config = _config(one_shard, tmp_path / "run", epochs=1)
     config["model"] = {"name": "seq2seq"}
     config["train"]["steps_per_epoch"] = 4
-    ports = free_ports(2)
-    procs = []
-    try:
-        for i in range(2):
-            procs.append(
-                start_worker(
-                    config, tmp_path / f"w{i}.npz", tmp_path / f"w{i}.log", ports=ports, index=i
-                )
-            )
-        codes = wait_all(procs, TIMEOUT)
-    finally:
-        kill_all(procs)
-    chief_log = _log(tmp_path / "w0.log")
-    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / "w1.log")[-3000:]
+    chief_log = _run_two_workers(config, tmp_path, "w")
     assert "input sharding: by data (1 shard file(s) < 2 workers" in chief_log
-    w0, w1 = _weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")
-    for key in w0:
-        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
     assert np.isfinite(float(_history(tmp_path / "run")[0]["loss"]))
     # One val file: validation sharded by record (8 and 7 of 15), same mAP as one process.
     assert "validation sharding: by record" in chief_log and "this worker predicts 8)" in chief_log
@@ -432,24 +421,9 @@ def test_two_workers_stop_early_together_deterministic_and_calibrated(shards, tm
     config["evaluation"].update(calibrate=True, holdout_fraction=0.25)
     # The chief's val mAP: best at epoch 2, then two passes without a gain.
     env = {SCRIPTED_MAP_ENV: "0.5,0.6,0.55,0.6,0.9"}
-    procs = []
-    try:
-        ports = free_ports(2)
-        procs = [
-            start_worker(config, tmp_path / f"w{i}.npz", tmp_path / f"w{i}.log",
-                         ports=ports, index=i, extra_env=env)
-            for i in range(2)
-        ]  # fmt: skip
-        codes = wait_all(procs, TIMEOUT)
-    finally:
-        kill_all(procs)
-    chief_log = _log(tmp_path / "w0.log")
-    assert codes == [0, 0], chief_log[-3000:] + _log(tmp_path / "w1.log")[-3000:]
+    # Both workers leave after epoch 4 with the same weights.
+    chief_log = _run_two_workers(config, tmp_path, "w", extra_env=env)
     assert "early stop after epoch 4" in chief_log and "epoch 5/5" not in chief_log
-    # Both workers left after epoch 4 with the same weights.
-    w0, w1 = _weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")
-    for key in w0:
-        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
     run = tmp_path / "run"
     assert [float(r["val_mAP"]) for r in _history(run)] == [0.5, 0.6, 0.55, 0.6]
     summary = json.loads((run / "summary.json").read_text())
