@@ -11,8 +11,9 @@ def test_demo_end_to_end(tmp_path):
     from kerasmlic.cli.demo import run_demo
 
     out = run_demo(workdir=str(tmp_path / "data"))
-    # Well above what BCE reaches after its first epoch on the built-in data (about 0.22).
-    assert out["results"]["mAP"] > 0.40
+    # The demo's target, 70 test mAP: the README's runs with the moving average
+    # (test mAP read in 15 of them, 2026-12-02 and 03) scored 77.0 to 80.4.
+    assert out["results"]["mAP"] >= 0.70
     for path in out["plots"].values():
         assert os.path.getsize(path) > 5000
     assert os.path.isfile(os.path.join(out["run_dir"], "eval_val.json"))  # model selection
