@@ -16,8 +16,6 @@ from kerasmlic.errors import UsageError
 # Every reproduce run here: small images and batches, quiet, and the `tiny` encoder
 # in place of the experiments' `small` one (what is tested is the orchestration).
 SMALL_RUN = ["data.image_size=32", "data.batch_size=8", "train.verbose=0", "model.encoder=tiny"]
-
-
 SMALL_RUN_FLAGS = [arg for setting in SMALL_RUN for arg in ("--set", setting)]
 
 
