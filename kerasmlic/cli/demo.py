@@ -4,9 +4,9 @@ synth → build → train the default model (``seq2seq_attention`` on the
 ``small`` encoder, config ``experiments/seq2seq_attention.yaml`` plus
 :data:`DEMO_TRAIN`) → evaluate →
 print the metric table and where the plots are. Sized for about five minutes
-on two CPU cores of a fast host (4.4 min on 2026-11-30; 5.7–7.2 min in nine
-runs on slower ones on 2026-12-03, where fewer epochs, fewer images or smaller
-images cost the 70 mAP target or convergence: README, "What `make demo` does").
+on two CPU cores of a fast host (4.4 min on 2026-11-30); slower hosts take
+longer, and fewer epochs, fewer images or smaller images cost the 70 mAP
+target or convergence (the runs on record: README, "What `make demo` does").
 
 The built-in dataset has three splits: training picks its best epoch (and
 early stopping, when configured) on ``val``, and the final figures are
@@ -32,9 +32,8 @@ statistics re-estimated for them from 16 training batches before each validation
 
 The demo alone sets them: ``kerasmlic reproduce`` reads the same config for the
 study, where every model must have the same recipe. Measured (README, "What `make
-demo` does"): with them the last three val mAPs moved by more than 0.5 point in one
-run of eighteen (0.54, still rising); without them in three of seven (0.62 to 0.83), at
-the same test mAP.
+demo` does", where each run is listed): with them the last three val mAPs moved by
+more than 0.5 point far less often than without them, at the same test mAP.
 """
 
 # Used when experiments/seq2seq_attention.yaml is not there (an installed
