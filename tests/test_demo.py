@@ -11,8 +11,8 @@ def test_demo_end_to_end(tmp_path):
     from kerasmlic.cli.demo import run_demo
 
     out = run_demo(workdir=str(tmp_path / "data"))
-    # The demo's target, 70 test mAP; the runs on record ("What `make demo` does"
-    # in the README) all scored well above it.
+    # The demo's target, 70 test mAP; the runs on record (experiments/demo.md) all
+    # scored well above it.
     assert out["results"]["mAP"] >= 0.70
     for path in out["plots"].values():
         assert os.path.getsize(path) > 5000

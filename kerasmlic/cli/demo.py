@@ -6,7 +6,7 @@ synth → build → train the default model (``seq2seq_attention`` on the
 print the metric table and where the plots are. Sized for about five minutes
 on two CPU cores of a fast host (4.4 min on 2026-11-30); slower hosts take
 longer, and fewer epochs, fewer images or smaller images cost the 70 mAP
-target or convergence (the runs on record: README, "What `make demo` does").
+target or convergence (the runs on record: ``experiments/demo.md``).
 
 The built-in dataset has three splits: training picks its best epoch (and
 early stopping, when configured) on ``val``, and the final figures are
@@ -31,9 +31,9 @@ moving average (momentum 0.99, about 100 steps: 0.8 of an epoch here), with Batc
 statistics re-estimated for them from 16 training batches before each validation.
 
 The demo alone sets them: ``kerasmlic reproduce`` reads the same config for the
-study, where every model must have the same recipe. Measured (README, "What `make
-demo` does", where each run is listed): with them the last three val mAPs moved by
-more than 0.5 point far less often than without them, at the same test mAP.
+study, where every model must have the same recipe. Measured (``experiments/demo.md``,
+where each run is listed): with them the last three val mAPs moved by more than 0.5
+point far less often than without them, at the same test mAP.
 """
 
 # Used when experiments/seq2seq_attention.yaml is not there (an installed
