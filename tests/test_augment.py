@@ -49,6 +49,9 @@ def test_config_keys_and_none_round_trip_through_load_config():
             load_config(None, [bad], check_model=False)
     with pytest.raises(UsageError, match="must be in \\[0, 1\\)"):
         load_config(None, ["data.augment.erasing=1.5"], check_model=False)
+    # A misspelt 'none' is refused with the two forms the key takes.
+    with pytest.raises(UsageError, match="data.augment must be a mapping or 'none', got 'nonee'"):
+        load_config(None, ["data.augment=nonee"], check_model=False)
 
 
 # ---- per-image ops: eagerly and in tf.data ------------------------------------------------------

@@ -195,7 +195,8 @@ def merge_config(base, update, path=()):
     """
     if not isinstance(update, dict):
         where = ".".join(path) or "the config"
-        raise UsageError(f"{where} must be a mapping, got {type(update).__name__}")
+        also = " or 'none'" if path == ("data", "augment") else ""
+        raise UsageError(f"{where} must be a mapping{also}, got {update!r}")
     for key, value in update.items():
         key = str(key)
         here = (*path, key)
