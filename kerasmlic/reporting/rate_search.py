@@ -11,7 +11,7 @@ Two ways, both recorded in ``OUT/<name>/tuning.json``:
   whole run at each rate with the seed runs' settings (:func:`selection_task`);
   the best val mAP wins and that run is seed 0
   (:func:`full_length_selection`). Short trials favour the rate that learns
-  fastest, not the one that ends best (``experiments/README.md``).
+  fastest, not the one that ends best (``experiments/study-runs.md``).
 """
 
 import copy

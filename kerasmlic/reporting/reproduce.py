@@ -375,7 +375,7 @@ def reproduce(
             run has the best val mAP is kept and its run is seed 0, the other
             seeds follow in ``OUT/<name>/lr-<rate>/seed-<k>``. Short trials
             favour the rate that learns fastest, not the one that ends best
-            (``experiments/README.md``); full-length runs cannot, for one
+            (``experiments/study-runs.md``); full-length runs cannot, for one
             extra training per extra rate.
         overrides: ``KEY=VALUE`` strings applied to every model's config.
         seed_overrides: ``KEY=VALUE`` strings applied after ``overrides`` to
