@@ -195,8 +195,7 @@ def merge_config(base, update, path=()):
     """
     if not isinstance(update, dict):
         where = ".".join(path) or "the config"
-        also = " or 'none'" if path == ("data", "augment") else ""
-        raise UsageError(f"{where} must be a mapping{also}, got {update!r}")
+        raise UsageError(f"{where} must be a mapping, got {type(update).__name__}")
     for key, value in update.items():
         key = str(key)
         here = (*path, key)
@@ -212,9 +211,11 @@ def merge_config(base, update, path=()):
             if isinstance(value, str) and path == () and key == "model":
                 base[key]["name"] = value  # ``model: bce`` is shorthand for model.name
                 continue
-            if here == ("data", "augment") and (value is False or str(value).lower() == "none"):
-                base[key] = copy.deepcopy(AUGMENT_OFF)  # ``augment: none``: all of it off
-                continue
+            if here == ("data", "augment") and not isinstance(value, dict | None):
+                if value is False or str(value).lower() == "none":
+                    base[key] = copy.deepcopy(AUGMENT_OFF)  # ``augment: none``: all of it off
+                    continue
+                raise UsageError(f"data.augment must be a mapping or 'none', got {value!r}")
             merge_config(base[key], value if value is not None else {}, here)
         else:
             base[key] = value
